@@ -1,0 +1,46 @@
+"""jat: sparse-graph machine-learned interatomic potentials in JAX/Flax.
+
+``import jat`` is cheap: JAX, Flax and ASE load when a name that needs them is first used.
+
+    pot = jat.Potential.create("jat", species=["H", "C", "N", "O"], cutoff=5.0)
+    atoms.calc = pot.calculator()
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Potential": ("jat.potential", "Potential"),
+    "Results": ("jat.potential", "Results"),
+    "JATCalculator": ("jat.calculator", "JATCalculator"),
+    "graph": ("jat.graph", None),
+    "models": ("jat.models", None),
+    "data": ("jat.data", None),
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from jat import data, graph, models
+    from jat.calculator import JATCalculator
+    from jat.potential import Potential, Results
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'jat' has no attribute {name!r}") from None
+    mod = importlib.import_module(module)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["JATCalculator", "Potential", "Results", "__version__", "data", "graph", "models"]

@@ -1,0 +1,14 @@
+"""Flax models mapping a graph (species, edge vectors, senders, receivers, masks) to per-atom
+outputs.
+
+Every model has the call signature
+``model(species (N,), edge_vectors (E, 3), senders (E,), receivers (E,), edge_mask (E,)) -> (N,)``
+and never sees absolute positions.
+"""
+
+from jat.models.jat import JAT, JATLayer
+from jat.models.schnet import SchNet, SchNetInteraction
+
+MODELS = {"jat": JAT, "schnet": SchNet}
+
+__all__ = ["JAT", "JATLayer", "MODELS", "SchNet", "SchNetInteraction"]

@@ -1,0 +1,180 @@
+"""Building blocks shared by every jat model.
+
+Activations, smooth cutoff envelopes, radial bases, the masked edge-length helper, masked
+segment operations over receivers, and the pyramidal readout MLP. Distances are in Å.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+
+Array = jax.Array
+
+_LOG2 = math.log(2.0)
+
+
+def swish(x: Array) -> Array:
+    """Swish / SiLU, x·sigmoid(x)."""
+    return jax.nn.silu(x)
+
+
+def shifted_softplus(x: Array) -> Array:
+    """ssp(x) = softplus(x) − log 2, computed stably (no overflow for large x)."""
+    return jax.nn.softplus(x) - _LOG2
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge geometry
+
+
+def edge_lengths(edge_vectors: Array, edge_mask: Array) -> Array:
+    """Lengths (E,) of edge vectors (E, 3); padded edges get length 0 and a finite gradient.
+
+    The square root is taken of a value that is 1 on padded edges, so neither the value nor the
+    gradient is NaN there, whatever the padded vectors hold.
+    """
+    sq = jnp.sum(edge_vectors**2, axis=-1)
+    safe = jnp.where(edge_mask, sq, 1.0)
+    return jnp.where(edge_mask, jnp.sqrt(safe), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Smooth cutoff envelopes f_c(r): 1 at r = 0 … 0 at r >= r_c, derivative 0 at r_c.
+
+
+def polynomial_envelope(r: Array, cutoff: float, p: int = 6) -> Array:
+    """DimeNet's polynomial envelope; value, first and second derivative vanish at r_c.
+
+    u(d) = 1 − (p+1)(p+2)/2 d^p + p(p+2) d^(p+1) − p(p+1)/2 d^(p+2), d = r / r_c, 0 beyond r_c.
+    """
+    d = jnp.clip(r / cutoff, 0.0, 1.0)
+    dp = d**p
+    u = (
+        1.0
+        - 0.5 * (p + 1) * (p + 2) * dp
+        + p * (p + 2) * dp * d
+        - 0.5 * p * (p + 1) * dp * d * d
+    )
+    return jnp.where(r < cutoff, u, 0.0)
+
+
+def cosine_cutoff(r: Array, cutoff: float) -> Array:
+    """Behler's cosine cutoff 0.5 (cos(π r / r_c) + 1); value and first derivative vanish at r_c."""
+    d = jnp.clip(r / cutoff, 0.0, 1.0)
+    return jnp.where(r < cutoff, 0.5 * (jnp.cos(jnp.pi * d) + 1.0), 0.0)
+
+
+ENVELOPES = {"polynomial": polynomial_envelope, "cosine": cosine_cutoff}
+
+
+def envelope(name: str, r: Array, cutoff: float) -> Array:
+    """Apply the envelope called ``name`` ("polynomial" or "cosine")."""
+    try:
+        fn = ENVELOPES[name]
+    except KeyError:
+        raise ValueError(f"unknown envelope {name!r}; choose from {sorted(ENVELOPES)}") from None
+    return fn(r, cutoff)
+
+
+# ---------------------------------------------------------------------------------------------
+# Radial bases
+
+
+def gaussian_rbf(r: Array, centers: Array, gamma: float) -> Array:
+    """Gaussian radial basis exp(−γ (r − μ_k)²); r (E,), centres (K,) Å, γ Å⁻² → (E, K)."""
+    return jnp.exp(-gamma * (r[:, None] - centers[None, :]) ** 2)
+
+
+def bessel_rbf(r: Array, cutoff: float, num: int) -> Array:
+    """DimeNet's radial Bessel basis √(2/r_c) sin(nπ r/r_c)/r, n = 1…num; r (E,) → (E, num).
+
+    Finite at r = 0 (limit nπ/r_c·√(2/r_c)); padded edges with r = 0 therefore stay finite.
+    """
+    n = jnp.arange(1, num + 1, dtype=r.dtype)
+    x = n[None, :] * jnp.pi * r[:, None] / cutoff
+    safe_r = jnp.where(r > 0, r, 1.0)[:, None]
+    small = (r <= 0)[:, None]
+    val = jnp.where(small, n[None, :] * jnp.pi / cutoff, jnp.sin(x) / safe_r)
+    return math.sqrt(2.0 / cutoff) * val
+
+
+def edge_features(kind: str, r: Array, cutoff: float, num_basis: int, env: Array) -> Array:
+    """Edge feature φ(r) (E, D) of the given kind.
+
+    ``"distance"``: r itself (Å), D = 1 (the thesis default). ``"inverse"``: smoothed inverse
+    distance f_c(r)/r, D = 1. ``"bessel"``: ``num_basis`` radial Bessel functions. ``"gaussian"``:
+    ``num_basis`` Gaussians with centres spread over [0, r_c] and width equal to their spacing.
+    """
+    if kind == "distance":
+        return r[:, None]
+    if kind == "inverse":
+        return (env / jnp.where(r > 0, r, 1.0))[:, None]
+    if kind == "bessel":
+        return bessel_rbf(r, cutoff, num_basis)
+    if kind == "gaussian":
+        centers = jnp.linspace(0.0, cutoff, num_basis, dtype=r.dtype)
+        spacing = cutoff / max(num_basis - 1, 1)
+        return gaussian_rbf(r, centers, 0.5 / spacing**2)
+    raise ValueError(
+        f"unknown edge feature {kind!r}; choose 'distance', 'inverse', 'bessel' or 'gaussian'"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment operations over receivers (jraph), with masks
+
+
+def segment_sum(data: Array, receivers: Array, num_nodes: int) -> Array:
+    """Sum edge data (E, ...) into receivers → (N, ...). Out-of-range (padding) ids are dropped."""
+    return jraph.segment_sum(data, receivers, num_nodes, indices_are_sorted=True)
+
+
+def weighted_segment_softmax(
+    logits: Array, weights: Array, receivers: Array, num_nodes: int
+) -> Array:
+    """Softmax of ``logits`` (E, H) over each receiver's edges, edge e weighted by ``weights[e]``.
+
+    α_e = w_e exp(l_e) / Σ_{e' → i} w_e' exp(l_e'). An edge of weight 0 (beyond the cutoff, or
+    padding) contributes nothing, and an edge whose weight goes smoothly to 0 leaves the others
+    changing smoothly. A receiver with no weighted edge gets α = 0 everywhere (no NaN).
+    """
+    active = (weights > 0)[:, None]
+    masked = jnp.where(active, logits, -jnp.inf)
+    seg_max = jraph.segment_max(masked, receivers, num_nodes, indices_are_sorted=True)
+    seg_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(seg_max), seg_max, 0.0))
+    node_max = seg_max[jnp.clip(receivers, 0, num_nodes - 1)]
+    ex = jnp.where(active, jnp.exp(jnp.where(active, logits - node_max, 0.0)), 0.0)
+    ex = ex * weights[:, None]
+    denom = segment_sum(ex, receivers, num_nodes)
+    tiny = jnp.finfo(ex.dtype).tiny
+    denom_e = denom[jnp.clip(receivers, 0, num_nodes - 1)]
+    return ex / jnp.maximum(denom_e, tiny)
+
+
+# ---------------------------------------------------------------------------------------------
+# Readout
+
+
+class ReadoutMLP(nn.Module):
+    """Per-atom pyramidal readout: (Dense → LayerNorm → swish) for each width, then Dense(1).
+
+    Input (N, F) → output (N,). The thesis widths are 64:32:16:16.
+    """
+
+    widths: Sequence[int] = (64, 32, 16, 16)
+    layer_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        for w in self.widths:
+            x = nn.Dense(w)(x)
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+            x = swish(x)
+        return nn.Dense(1)(x)[..., 0]
