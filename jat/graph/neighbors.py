@@ -23,6 +23,9 @@ from jat.graph._common import REACH_EPS, heights, inverse, offsets, search_basis
 AUTO_ALL_PAIRS_CANDIDATES = 2**20
 BIN_MARGIN = 1e-4  # periodic bins are at least (1 + BIN_MARGIN) * cutoff high
 MAX_GROW_STEPS = 8
+EDGE_HEADROOM = 1.1  # default spare edge capacity over the count at allocation
+BIN_HEADROOM = 1.25  # spare atom slots per bin (cell list) over the fullest bin
+CAPACITY_LADDER = 1.05
 
 
 @jax.tree_util.register_dataclass
@@ -70,11 +73,16 @@ def _normalize_pbc(pbc, has_cell: bool) -> tuple[bool, bool, bool]:
 
 
 def _bucket(n: float, quantum: int = 64) -> int:
-    """Round ``n`` up to a 1.25-geometric ladder of multiples of ``quantum``."""
+    """Round ``n`` up to a geometric ladder (ratio ``CAPACITY_LADDER``) of multiples of ``quantum``.
+
+    Every padded edge costs as much model time as a real one, so the ladder is fine: capacities
+    land within [1, CAPACITY_LADDER] of the request, and a spec is reused while the edge count
+    drifts inside its rung.
+    """
     if n <= quantum:
         return quantum
-    step = math.ceil(math.log(n / quantum) / math.log(1.25) - 1e-9)
-    return int(math.ceil(quantum * 1.25**step / quantum) * quantum)
+    step = math.ceil(math.log(n / quantum) / math.log(CAPACITY_LADDER) - 1e-9)
+    return int(math.ceil(quantum * CAPACITY_LADDER**step / quantum) * quantum)
 
 
 def _validate(positions, cutoff, cell, pbc, mask):
@@ -119,13 +127,13 @@ def allocate(
     *,
     method: str = "auto",
     capacity: int | None = None,
-    headroom: float = 1.25,
+    headroom: float = EDGE_HEADROOM,
 ) -> NeighborSpec:
     """Host-side (not jittable): a spec whose static bounds fit the given geometry.
 
     positions (N, 3) or (B, N, 3) Å, cell None, (3, 3) or (B, 3, 3) Å (rows are lattice
     vectors), pbc None / bool / 3 bools, mask (N,) or (B, N) bool. The spec is valid for every
-    structure of a batch. Bin occupancy and edge capacity get ``headroom``; capacity is
+    structure of a batch. Edge capacity gets ``headroom`` (bins get ``BIN_HEADROOM``); capacity is
     rounded up to a bucket so that small fluctuations do not change the spec. ``"auto"``
     picks all pairs while (atom slots rounded to 32)^2 x periodic images <= 2^20, else the
     cell list. Raises ValueError on invalid input.
@@ -144,7 +152,7 @@ def allocate(
     if method == "all_pairs":
         spec = NeighborSpec(float(cutoff), 0, method, pbc, reach=_reach(cutoff, geometry, pbc))
     else:
-        spec = _cell_list_spec(float(cutoff), pbc, pos, masks, geometry, headroom)
+        spec = _cell_list_spec(float(cutoff), pbc, pos, masks, geometry, BIN_HEADROOM)
     if capacity is None:
         capacity = _bucket(_count(pos, cells, masks, spec) * headroom)
     return dataclasses.replace(spec, capacity=int(capacity))
@@ -270,7 +278,9 @@ def build(positions: jax.Array, cell: jax.Array | None, mask: jax.Array | None, 
 _build_jit = jax.jit(build, static_argnums=3)
 
 
-def grow(spec: NeighborSpec, neighbors: Neighbors, headroom: float = 1.25) -> NeighborSpec:
+def grow(
+    spec: NeighborSpec, neighbors: Neighbors, headroom: float = EDGE_HEADROOM
+) -> NeighborSpec:
     """Host-side: a larger spec after ``neighbors`` (possibly batched) overflowed.
 
     If more edges were found than fit, the capacity grows to hold them; otherwise a per-bin or

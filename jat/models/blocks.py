@@ -6,6 +6,7 @@ segment operations over receivers, and the pyramidal readout MLP. Distances are 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -42,6 +43,57 @@ def edge_lengths(edge_vectors: Array, edge_mask: Array) -> Array:
     sq = jnp.sum(edge_vectors**2, axis=-1)
     safe = jnp.where(edge_mask, sq, 1.0)
     return jnp.where(edge_mask, jnp.sqrt(safe), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class HalfEdges:
+    """One directed edge per unordered pair {i, j, ±S} of a symmetric edge list.
+
+    vectors (H, 3), senders (H,), receivers (H,) sorted ascending, mask (H,), with H = ⌈E/2⌉.
+    Padded entries have senders = receivers = N and mask False.
+    """
+
+    vectors: Array
+    senders: Array
+    receivers: Array
+    mask: Array
+
+
+def half_edges(
+    edge_vectors: Array, senders: Array, receivers: Array, edge_mask: Array, num_nodes: int
+) -> HalfEdges:
+    """Keep one direction of every pair of a symmetric edge list (every j → i with its i → j).
+
+    The kept direction has sender > receiver, or, for an atom and its own periodic image, an
+    edge vector that is lexicographically positive (the reverse vector is its exact negation).
+    A quantity that depends only on |r_ij| is then computed once per pair instead of twice.
+    """
+    e = edge_vectors.shape[0]
+    x, y, z = edge_vectors[:, 0], edge_vectors[:, 1], edge_vectors[:, 2]
+    positive = (x > 0) | ((x == 0) & ((y > 0) | ((y == 0) & (z > 0))))
+    keep = edge_mask & ((senders > receivers) | ((senders == receivers) & positive))
+    (idx,) = jnp.nonzero(keep, size=(e + 1) // 2, fill_value=e)
+    valid = idx < e
+    idx = jnp.minimum(idx, max(e - 1, 0))
+    return HalfEdges(
+        vectors=edge_vectors[idx],
+        senders=jnp.where(valid, senders[idx], num_nodes),
+        receivers=jnp.where(valid, receivers[idx], num_nodes),
+        mask=valid,
+    )
+
+
+def symmetric_segment_sum(
+    weights: Array, node_values: Array, half: HalfEdges, num_nodes: int
+) -> Array:
+    """Σ_j w_ij ⊙ v_j over both directions of every half edge → (N, F).
+
+    ``weights`` (H, F) must be symmetric in i and j (a function of |r_ij|); ``node_values``
+    (N, F). Equals the segment sum over the full edge list.
+    """
+    to_receivers = segment_sum(weights * node_values[half.senders], half.receivers, num_nodes)
+    to_senders = jraph.segment_sum(weights * node_values[half.receivers], half.senders, num_nodes)
+    return to_receivers + to_senders
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,10 @@
 Interaction block:  x ← x + Dense(ssp(Dense(cfconv(x)))),
 cfconv_i = Σ_j (W x_j) ⊙ Filter(r_ij),  Filter = Dense(ssp(Dense(RBF(r_ij)))) · f_c(r_ij),
 with the cosine cutoff f_c and the shifted softplus ssp. Optional normalisation after each block.
+
+The filter network, most of SchNet's cost, depends on |r_ij| alone, so it is evaluated once per
+atom pair and its output used for both directions (the edge list must be symmetric, as
+``jat.graph`` makes it).
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from jat.models.blocks import (
+    HalfEdges,
     cosine_cutoff,
     edge_lengths,
     gaussian_rbf,
-    segment_sum,
+    half_edges,
     shifted_softplus,
+    symmetric_segment_sum,
 )
 
 Array = jax.Array
@@ -31,14 +37,12 @@ class SchNetInteraction(nn.Module):
     filters: int
 
     @nn.compact
-    def __call__(
-        self, x: Array, rbf: Array, fc: Array, senders: Array, receivers: Array
-    ) -> Array:
+    def __call__(self, x: Array, rbf: Array, fc: Array, half: HalfEdges) -> Array:
         n = x.shape[0]
         w = nn.Dense(self.filters, name="filter_1")(rbf)
         w = nn.Dense(self.filters, name="filter_2")(shifted_softplus(w)) * fc[:, None]
         xf = nn.Dense(self.filters, use_bias=False, name="in2f")(x)
-        conv = segment_sum(xf[senders] * w, receivers, n)
+        conv = symmetric_segment_sum(w, xf, half, n)
         v = nn.Dense(self.features, name="f2out_1")(conv)
         return nn.Dense(self.features, name="f2out_2")(shifted_softplus(v))
 
@@ -80,8 +84,10 @@ class SchNet(nn.Module):
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; choose from {NORMS}")
         node_mask = species >= 0
-        r = edge_lengths(edge_vectors, edge_mask)
-        fc = jnp.where(edge_mask, cosine_cutoff(r, self.cutoff), 0.0)
+        # The filter depends on |r_ij| only: evaluate it once per pair, message both ways.
+        half = half_edges(edge_vectors, senders, receivers, edge_mask, species.shape[0])
+        r = edge_lengths(half.vectors, half.mask)
+        fc = jnp.where(half.mask, cosine_cutoff(r, self.cutoff), 0.0)
         if self.num_rbf is None:
             num_rbf = int(round(self.cutoff / 0.1)) + 1
             gamma = 10.0 if self.gamma is None else self.gamma
@@ -95,7 +101,7 @@ class SchNet(nn.Module):
         x = nn.Embed(self.num_species, self.features, name="embedding")(jnp.maximum(species, 0))
         for t in range(self.interactions):
             x = x + SchNetInteraction(self.features, filters, name=f"interaction_{t}")(
-                x, rbf, fc, senders, receivers
+                x, rbf, fc, half
             )
             if self.norm == "layernorm":
                 x = nn.LayerNorm(name=f"norm_{t}")(x)
