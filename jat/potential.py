@@ -183,8 +183,7 @@ class Potential:
             module, name, kwargs = model, "custom", {}
         else:
             raise TypeError(f"model must be a name or a flax.linen.Module, got {type(model)}")
-        with _precision(dtype):
-            params = _init_params(module, seed, dtype)
+        params = _init_params(module, seed, dtype)
         n = len(species)
         return cls(
             module=module,
@@ -496,15 +495,16 @@ def _precision(dtype: str):
 
 
 def _init_params(module: nn.Module, seed: int, dtype: str):
-    """Initialise parameters on a two-atom dummy graph; cast to ``dtype``."""
-    dt = jnp.dtype(dtype)
+    """Initialise parameters on a two-atom dummy graph, in float32 so that a seed gives the same
+    parameters whatever the dtype, then cast to ``dtype``."""
     species = jnp.array([0, 0], jnp.int32)
-    vec = jnp.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dt)
+    vec = jnp.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], jnp.float32)
     senders = jnp.array([1, 0], jnp.int32)
     receivers = jnp.array([0, 1], jnp.int32)
     mask = jnp.array([True, True])
     params = module.init(jax.random.PRNGKey(seed), species, vec, senders, receivers, mask)
-    return jax.tree.map(lambda x: jnp.asarray(x, dt), params)
+    with _precision(dtype):
+        return jax.tree.map(lambda x: jnp.asarray(x, jnp.dtype(dtype)), params)
 
 
 def _check_species(species: Sequence[str]) -> tuple[str, ...]:

@@ -1,0 +1,172 @@
+"""Shared fixtures and structure generators for the jat physics tests.
+
+Compiled functions are cached inside each :class:`jat.Potential`, so potentials are built once per
+test session (per xdist worker) through :func:`potential` and reused everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.neighborlist import neighbor_list
+
+import jat
+from jat.data import data_dir, read_ean
+
+
+def _enable_compilation_cache() -> None:
+    """Share compiled XLA code between xdist workers and between runs.
+
+    Compilation dominates the run time of these tests. The cache lives in the system temporary
+    directory (never in the repository); set ``JAT_TEST_JAX_CACHE=0`` to disable it, or
+    ``JAX_COMPILATION_CACHE_DIR`` to put it elsewhere.
+    """
+    if os.environ.get("JAT_TEST_JAX_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update(
+        "jax_compilation_cache_dir", str(Path(tempfile.gettempdir()) / "jat-jax-cache")
+    )
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+_enable_compilation_cache()
+
+SPECIES = ("H", "C", "N", "O")
+CUTOFF = 3.5  # Å, for the small synthetic structures
+EAN_CUTOFF = 5.0  # Å
+MODELS = ("jat", "schnet")
+
+# Small models for fast tests: JAT width 16, 2 layers, 2 heads; SchNet 16 features, 2 blocks.
+SMALL = {
+    "jat": (("width", 16), ("layers", 2), ("heads", 2)),
+    "schnet": (("features", 16), ("interactions", 2)),
+}
+
+
+@functools.cache
+def _potential(model, dtype, cutoff, extra):
+    kwargs = dict(SMALL[model])
+    kwargs.update(extra)
+    return jat.Potential.create(model, SPECIES, cutoff, seed=1, dtype=dtype, **kwargs)
+
+
+def potential(model: str, dtype: str = "float64", cutoff: float = CUTOFF, **extra) -> jat.Potential:
+    """A small random-parameter potential, cached for the session (same arguments, same object)."""
+    return _potential(model, dtype, float(cutoff), tuple(sorted(extra.items())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests that reuse the same compiled functions run on the same xdist worker
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "compile_group(name): run on the same xdist worker as other tests of the group; the "
+        "name is formatted with the test's parameters, e.g. '{model}-molecule'",
+    )
+    # "loadgroup" is "load" plus xdist_group; tests without a group are distributed as before.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        mark = item.get_closest_marker("compile_group")
+        if mark is not None:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            item.add_marker(pytest.mark.xdist_group(mark.args[0].format(**params)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Structures
+
+
+def _rng(seed) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _min_distance(atoms: Atoms) -> float:
+    if atoms.pbc.any():
+        d = neighbor_list("d", atoms, 1.0, self_interaction=False)
+        return float(d.min()) if len(d) else np.inf
+    if len(atoms) < 2:
+        return np.inf
+    dist = atoms.get_all_distances()
+    return float(dist[np.triu_indices(len(atoms), 1)].min())
+
+
+def random_symbols(n: int, seed) -> list[str]:
+    return list(_rng(seed).choice(SPECIES, size=n))
+
+
+def random_molecule(n: int = 9, seed: int = 0, box: float = 4.0, min_dist: float = 0.9) -> Atoms:
+    """n random atoms in a non-periodic ``box``³ cube, no pair closer than ``min_dist`` Å."""
+    rng = _rng(seed)
+    pos: list[np.ndarray] = []
+    while len(pos) < n:
+        p = rng.uniform(0.0, box, 3)
+        if all(np.linalg.norm(p - q) >= min_dist for q in pos):
+            pos.append(p)
+    return Atoms(random_symbols(n, seed), positions=np.array(pos), pbc=False)
+
+
+def random_cell(seed: int = 0, length: float = 5.0, skew: float = 0.25) -> np.ndarray:
+    """A random right-handed triclinic cell (rows are lattice vectors) with edges ≈ ``length``."""
+    rng = _rng(seed)
+    cell = length * (np.eye(3) + skew * rng.uniform(-1.0, 1.0, (3, 3)))
+    if np.linalg.det(cell) < 0:
+        cell[[0, 1]] = cell[[1, 0]]
+    return cell
+
+
+def random_crystal(n: int = 8, seed: int = 0, length: float = 5.0, min_dist: float = 0.9) -> Atoms:
+    """n random atoms in a random triclinic, fully periodic cell (no periodic image too close)."""
+    rng = _rng(seed)
+    cell = random_cell(seed, length)
+    for _ in range(1000):
+        atoms = Atoms(
+            random_symbols(n, seed),
+            scaled_positions=rng.uniform(0.0, 1.0, (n, 3)),
+            cell=cell,
+            pbc=True,
+        )
+        if _min_distance(atoms) >= min_dist:
+            return atoms
+    raise RuntimeError("could not place atoms")  # pragma: no cover
+
+
+def random_rotation(seed: int = 0) -> np.ndarray:
+    """A random proper orthogonal matrix (det = +1)."""
+    q, r = np.linalg.qr(_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@pytest.fixture(scope="session")
+def ean_path():
+    """The EAN data file; tests that need it are skipped when it is absent."""
+    path = data_dir() / "ean" / "ean_15pairs_dft.jsonl"
+    if not path.is_file():
+        pytest.skip(f"EAN data not found at {path} (set JAT_DATA_DIR to the data directory)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ean_atoms(ean_path) -> Atoms:
+    """The first EAN configuration (225 atoms, cubic 12.9 Å box, periodic)."""
+    return read_ean(ean_path, index=0)[0]
