@@ -69,35 +69,58 @@ class _Structure:
 
 
 def _network_energy(module, params, scale, positions, species, cell, strain, nbrs):
-    """Network energy Σ s_Z y_i (scalar) and per-atom terms (N,) for strained positions/cell."""
-    eye = jnp.eye(3, dtype=positions.dtype)
-    deform = eye + 0.5 * (strain + strain.T)
-    pos = positions @ deform
-    lattice = cell @ deform
-    vec = pos[nbrs.senders] - pos[nbrs.receivers] + nbrs.shifts.astype(pos.dtype) @ lattice
-    y = module.apply(params, species, vec, nbrs.senders, nbrs.receivers, nbrs.mask)
+    """Network energy Σ s_Z y_i over a padded batch (scalar) and per-atom terms (B, N).
+
+    positions (B, N, 3) Å, species (B, N) (negative = padding), cell and strain (B, 3, 3),
+    ``nbrs`` with (B, E) leaves. The batch is evaluated as ONE disjoint graph of B·N nodes (edge
+    indices offset per structure), so the model runs dense edge operations, never a vmapped
+    scatter. Padded edges of structure b point at (b+1)·N, which keeps receivers sorted.
+    """
+    b, n = species.shape
+    sym = 0.5 * (strain + jnp.swapaxes(strain, 1, 2))
+    deform = jnp.eye(3, dtype=positions.dtype) + sym
+    pos = jnp.matmul(positions, deform)
+    lattice = jnp.matmul(cell, deform)
+
+    def vectors(p, s, r, shifts, lat):
+        return p[s] - p[r] + shifts.astype(p.dtype) @ lat
+
+    vec = jax.vmap(vectors)(pos, nbrs.senders, nbrs.receivers, nbrs.shifts, lattice)
+    offset = (jnp.arange(b, dtype=nbrs.senders.dtype) * n)[:, None]
+    y = module.apply(
+        params,
+        species.reshape(-1),
+        vec.reshape(-1, 3),
+        (nbrs.senders + offset).reshape(-1),
+        (nbrs.receivers + offset).reshape(-1),
+        nbrs.mask.reshape(-1),
+    ).reshape(b, n)
     e = jnp.where(species >= 0, y * scale[jnp.maximum(species, 0)], 0.0)
     return e.sum(), e
 
 
 def _evaluate(module, spec, forces, stress, params, scale, positions, species, cell):
-    """Energy (and forces, virial) of one padded structure; neighbour list built inside."""
+    """Energies (B,), per-atom energies (B, N), forces (B, N, 3) and virials (B, 3, 3) of a
+    padded batch; the neighbour lists are built inside, one per structure."""
     mask = species >= 0
-    nbrs = graph.build(positions, cell if any(spec.pbc) else None, mask, spec)
-    strain = jnp.zeros((3, 3), positions.dtype)
+    cell_arg = cell if any(spec.pbc) else None
+    nbrs = jax.vmap(graph.build, in_axes=(0, 0 if any(spec.pbc) else None, 0, None))(
+        positions, cell_arg, mask, spec
+    )
+    strain = jnp.zeros(cell.shape, positions.dtype)
     fn = functools.partial(_network_energy, module, params, scale)
-    out = {"overflow": nbrs.overflow, "n_edges": nbrs.n_edges}
+    out = {"overflow": jnp.any(nbrs.overflow), "n_edges": nbrs.n_edges}
     if forces or stress:
         argnums = (0, 3) if stress else (0,)
-        (energy, energies), grads = jax.value_and_grad(fn, argnums=argnums, has_aux=True)(
+        (_, energies), grads = jax.value_and_grad(fn, argnums=argnums, has_aux=True)(
             positions, species, cell, strain, nbrs
         )
         out["forces"] = -grads[0]
         if stress:
             out["virial"] = grads[1]
     else:
-        energy, energies = fn(positions, species, cell, strain, nbrs)
-    out["energy"] = energy
+        _, energies = fn(positions, species, cell, strain, nbrs)
+    out["energy"] = energies.sum(axis=1)
     out["energies"] = energies
     return out
 
@@ -234,14 +257,15 @@ class Potential:
         want_stress = all(s.pbc) if stress is None else bool(stress)
         if want_stress and not all(s.pbc):
             raise ValueError("stress needs a fully periodic structure (pbc = True on all axes)")
-        out = self._run([s], forces, want_stress, batched=False)
-        return self._results(out, s, 0, forces, want_stress, batched=False)
+        out = self._run([s], forces, want_stress, pad=False)
+        return self._results(out, s, 0, forces, want_stress)
 
     def compute_batch(
         self, structures: Sequence[Any], *, forces: bool = True, stress: bool | None = None
     ) -> list[Results]:
-        """Evaluate several ASE ``Atoms`` in one compiled, vmapped call over a padded batch.
+        """Evaluate several ASE ``Atoms`` in one compiled call over a padded batch.
 
+        The batch is one disjoint graph (neighbour lists built per structure, under ``vmap``).
         All structures must share their ``pbc``. Atoms are padded to a multiple of 8 per batch.
         """
         ss = [self._structure(a, None, None, None, None, None) for a in structures]
@@ -256,8 +280,8 @@ class Potential:
         want_stress = all(ss[0].pbc) if stress is None else bool(stress)
         if want_stress and not all(ss[0].pbc):
             raise ValueError("stress needs fully periodic structures (pbc = True on all axes)")
-        out = self._run(ss, forces, want_stress, batched=True)
-        return [self._results(out, s, k, forces, want_stress, True) for k, s in enumerate(ss)]
+        out = self._run(ss, forces, want_stress, pad=True)
+        return [self._results(out, s, k, forces, want_stress) for k, s in enumerate(ss)]
 
     def energy(self, atoms: Any) -> float:
         """Total energy (eV) of an ASE ``Atoms``."""
@@ -421,42 +445,35 @@ class Potential:
             self._cache["const"] = const
         return const
 
-    def _compiled(self, spec, forces: bool, stress: bool, batched: bool):
-        key = ("fn", spec, forces, stress, batched)
+    def _compiled(self, spec, forces: bool, stress: bool):
+        key = ("fn", spec, forces, stress)
         fn = self._cache.get(key)
         if fn is None:
             f = functools.partial(_evaluate, self.module, spec, forces, stress)
-            if batched:
-                f = jax.vmap(f, in_axes=(None, None, 0, 0, 0))
             fn = self._cache[key] = jax.jit(f)
         return fn
 
-    def _run(self, ss: list[_Structure], forces: bool, stress: bool, batched: bool) -> dict:
+    def _run(self, ss: list[_Structure], forces: bool, stress: bool, pad: bool) -> dict:
+        """Evaluate structures as one padded batch (atoms padded to a multiple of 8 if ``pad``)."""
         dt = np.dtype(self.dtype)
-        if batched:
-            n = _bucket(max(len(s.positions) for s in ss))
-            pos = np.zeros((len(ss), n, 3), dt)
-            species = np.full((len(ss), n), -1, np.int32)
-            for k, s in enumerate(ss):
-                pos[k, : len(s.positions)] = s.positions
-                species[k, : len(s.species)] = s.species
-            cell = np.stack([s.cell for s in ss]).astype(dt)
-        else:
-            pos = ss[0].positions.astype(dt)
-            species = ss[0].species
-            cell = ss[0].cell.astype(dt)
+        longest = max(len(s.positions) for s in ss)
+        n = _bucket(longest) if pad else longest
+        pos = np.zeros((len(ss), n, 3), dt)
+        species = np.full((len(ss), n), -1, np.int32)
+        for k, s in enumerate(ss):
+            pos[k, : len(s.positions)] = s.positions
+            species[k, : len(s.species)] = s.species
+        cell = np.stack([s.cell for s in ss]).astype(dt)
         pbc = ss[0].pbc
-        spec_key = ("spec", batched, pos.shape, pbc)
+        spec_key = ("spec", pos.shape, pbc)
         with _precision(self.dtype):
             params, scale = self._device_constants()
             spec = self._cache.get(spec_key)
             if spec is None:
                 spec = self._allocate(pos, cell, pbc, species)
             while True:
-                out = self._compiled(spec, forces, stress, batched)(
-                    params, scale, pos, species, cell
-                )
-                if not bool(np.any(out["overflow"])):
+                out = self._compiled(spec, forces, stress)(params, scale, pos, species, cell)
+                if not bool(out["overflow"]):
                     break
                 spec = self._allocate(pos, cell, pbc, species)
             self._cache[spec_key] = spec
@@ -467,12 +484,11 @@ class Potential:
         cell_arg = cell if any(pbc) else None
         return graph.allocate(pos, self.cutoff, cell=cell_arg, pbc=pbc, mask=species >= 0)
 
-    def _results(self, out, s: _Structure, k: int, forces: bool, stress: bool, batched: bool):
+    def _results(self, out, s: _Structure, k: int, forces: bool, stress: bool) -> Results:
         n = len(s.positions)
 
         def take(name):
-            x = out[name][k] if batched else out[name]
-            return np.asarray(x, dtype=np.float64)
+            return np.asarray(out[name][k], dtype=np.float64)
 
         shift = self.energy_shift[s.species]
         energies = take("energies")[:n] + shift
