@@ -457,7 +457,7 @@ class Potential:
         """Evaluate structures as one padded batch (atoms padded to a multiple of 8 if ``pad``)."""
         dt = np.dtype(self.dtype)
         longest = max(len(s.positions) for s in ss)
-        n = _bucket(longest) if pad else longest
+        n = _bucket(longest) if pad else max(longest, 1)  # an empty structure gets a padded slot
         pos = np.zeros((len(ss), n, 3), dt)
         species = np.full((len(ss), n), -1, np.int32)
         for k, s in enumerate(ss):

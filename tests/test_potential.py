@@ -324,3 +324,20 @@ def test_bad_structure_arguments():
 def test_isolated_atom_has_zero_force():
     res = potential("jat").compute(Atoms("O", positions=[[1.0, 2.0, 3.0]]))
     assert np.all(res.forces == 0.0) and np.isfinite(res.energy)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_degenerate_structures(model):
+    """An empty structure, a lone atom in a cell smaller than r_c (it sees its own images), and a
+    slab whose free axis has a zero cell vector all evaluate to finite results."""
+    pot = potential(model, "float32")
+    empty = pot.compute(Atoms())
+    assert empty.energy == 0.0 and empty.forces.shape == (0, 3)
+    lone = pot.compute(Atoms("C", positions=[[0.3, 0.1, 0.2]], cell=[2.5, 2.6, 2.7], pbc=True))
+    assert np.isfinite(lone.energy) and lone.stress.shape == (3, 3)
+    np.testing.assert_allclose(lone.forces, 0.0, atol=1e-5)  # a Bravais lattice has no net force
+    slab = Atoms("C4", positions=[[0, 0, 0], [1.2, 0.1, 0.3], [0.1, 1.3, 0.9], [1.3, 1.2, 1.5]],
+                 cell=[[2.6, 0, 0], [0, 2.7, 0], [0, 0, 0]], pbc=[True, True, False])
+    res = pot.compute(slab)
+    assert np.isfinite(res.energy) and res.stress is None
+    np.testing.assert_allclose(res.forces.sum(axis=0), 0.0, atol=1e-4)
