@@ -12,9 +12,10 @@ Figures, each the median over ``--repeats`` timed calls after warm-up:
 
 Targets (2 CPU cores): JAT (7 layers × 48, 1 head, 5 Å) ≥ 25 structures/s; SchNet at
 SchNetPack's settings (128 features, 3 interactions, 50 Gaussians, 5 Å) ≥ 2× SchNetPack's
-PyTorch SchNet on the same machine, measured by ``benchmarks/reference_schnetpack.py`` when torch
-and schnetpack are installed (else its reference figure of about 6 structures/s is used and marked
-as not measured). The last line is one JSON object with every figure.
+PyTorch SchNet on the same machine, measured end to end by ``benchmarks/reference_schnetpack.py``
+when torch and schnetpack are installed (else the issue's figure of about 6 structures/s is used
+and marked as not measured; the ratio to that figure is always printed too). Throughput compares
+the best of single and batched. The last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -164,10 +165,12 @@ def main(argv: list[str] | None = None) -> dict:
             reference = {"measured": False, "structures_per_s": SCHNETPACK_REFERENCE}
         else:
             reference = schnetpack_reference(frames[0], args.repeats)
-        s = by_name["schnet"]
-        ratio = s["single_structures_per_s"] / reference["structures_per_s"]
-        targets["schnet_single_vs_schnetpack_x"] = round(ratio, 2)
-        targets["schnet_single_ge_2x_schnetpack"] = ratio >= 2.0
+        best = by_name["schnet"]["best_structures_per_s"]
+        ratio = best / reference["structures_per_s"]
+        targets["schnet_vs_schnetpack_x"] = round(ratio, 2)
+        targets["schnet_ge_2x_schnetpack"] = ratio >= 2.0
+        targets["schnetpack_reference_measured"] = reference["measured"]
+        targets["schnet_vs_issue_figure_x"] = round(best / SCHNETPACK_REFERENCE, 2)
         print(f"SchNetPack reference: {reference['structures_per_s']:.2f} structures/s "
               f"({'measured here' if reference['measured'] else 'issue figure, not measured'})")
     for k, v in targets.items():
