@@ -164,7 +164,11 @@ class Potential:
     dtype: str = "float32"
     model: str = "custom"
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    # Compiled functions, device copies of the parameters and neighbour-list specs. init=False:
+    # every copy (dataclasses.replace included) starts with an empty cache, never a stale one.
+    _cache: dict = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     # ---------------------------------------------------------------- construction
 
@@ -227,11 +231,11 @@ class Potential:
         n = len(self.species)
         new_shift = self.energy_shift if shift is None else _vector(shift, n, "shift")
         new_scale = self.energy_scale if scale is None else _vector(scale, n, "scale")
-        return dataclasses.replace(self, energy_shift=new_shift, energy_scale=new_scale, _cache={})
+        return dataclasses.replace(self, energy_shift=new_shift, energy_scale=new_scale)
 
     def with_params(self, params: Any) -> Potential:
         """A copy holding ``params`` (same structure as ``self.params``)."""
-        return dataclasses.replace(self, params=params, _cache={})
+        return dataclasses.replace(self, params=params)
 
     # ---------------------------------------------------------------- evaluation
 

@@ -341,3 +341,14 @@ def test_degenerate_structures(model):
     res = pot.compute(slab)
     assert np.isfinite(res.energy) and res.stress is None
     np.testing.assert_allclose(res.forces.sum(axis=0), 0.0, atol=1e-4)
+
+
+def test_replaced_potential_does_not_reuse_stale_cache():
+    """dataclasses.replace must not carry cached device constants over to the copy."""
+    import dataclasses
+
+    pot = potential("schnet", "float32")
+    atoms = random_molecule(6, seed=3)
+    e1 = pot.energy(atoms)
+    doubled = dataclasses.replace(pot, energy_scale=pot.energy_scale * 2.0)
+    np.testing.assert_allclose(doubled.energy(atoms), 2.0 * e1, rtol=1e-5)
