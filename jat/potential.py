@@ -102,10 +102,9 @@ def _network_energy(module, params, scale, positions, species, cell, strain, nbr
 def _evaluate(module, spec, forces, stress, params, scale, positions, species, cell):
     """Energies (B,), per-atom energies (B, N), forces (B, N, 3) and virials (B, 3, 3) of a
     padded batch; the neighbour lists are built inside, one per structure."""
-    mask = species >= 0
-    cell_arg = cell if any(spec.pbc) else None
-    nbrs = jax.vmap(graph.build, in_axes=(0, 0 if any(spec.pbc) else None, 0, None))(
-        positions, cell_arg, mask, spec
+    periodic = any(spec.pbc)
+    nbrs = jax.vmap(graph.build, in_axes=(0, 0 if periodic else None, 0, None))(
+        positions, cell if periodic else None, species >= 0, spec
     )
     strain = jnp.zeros(cell.shape, positions.dtype)
     fn = functools.partial(_network_energy, module, params, scale)
@@ -258,11 +257,7 @@ class Potential:
         ``pbc``. ``stress`` defaults to True for fully periodic structures.
         """
         s = self._structure(atoms, positions, numbers, symbols, cell, pbc)
-        want_stress = all(s.pbc) if stress is None else bool(stress)
-        if want_stress and not all(s.pbc):
-            raise ValueError("stress needs a fully periodic structure (pbc = True on all axes)")
-        out = self._run([s], forces, want_stress, pad=False)
-        return self._results(out, s, 0, forces, want_stress)
+        return self._evaluate_structures([s], forces, stress, pad=False)[0]
 
     def compute_batch(
         self, structures: Sequence[Any], *, forces: bool = True, stress: bool | None = None
@@ -281,11 +276,7 @@ class Potential:
                     f"structure {k} has pbc {s.pbc} but structure 0 has {ss[0].pbc}; "
                     "batch structures with the same periodicity together"
                 )
-        want_stress = all(ss[0].pbc) if stress is None else bool(stress)
-        if want_stress and not all(ss[0].pbc):
-            raise ValueError("stress needs fully periodic structures (pbc = True on all axes)")
-        out = self._run(ss, forces, want_stress, pad=True)
-        return [self._results(out, s, k, forces, want_stress) for k, s in enumerate(ss)]
+        return self._evaluate_structures(ss, forces, stress, pad=True)
 
     def energy(self, atoms: Any) -> float:
         """Total energy (eV) of an ASE ``Atoms``."""
@@ -456,6 +447,17 @@ class Potential:
             f = functools.partial(_evaluate, self.module, spec, forces, stress)
             fn = self._cache[key] = jax.jit(f)
         return fn
+
+    def _evaluate_structures(
+        self, ss: list[_Structure], forces: bool, stress: bool | None, pad: bool
+    ) -> list[Results]:
+        """Results of structures sharing one pbc; ``stress=None`` means "if fully periodic"."""
+        periodic = all(ss[0].pbc)
+        want_stress = periodic if stress is None else bool(stress)
+        if want_stress and not periodic:
+            raise ValueError("stress needs a fully periodic structure (pbc = True on all axes)")
+        out = self._run(ss, forces, want_stress, pad)
+        return [self._results(out, s, k, forces, want_stress) for k, s in enumerate(ss)]
 
     def _run(self, ss: list[_Structure], forces: bool, stress: bool, pad: bool) -> dict:
         """Evaluate structures as one padded batch (atoms padded to a multiple of 8 if ``pad``)."""

@@ -205,11 +205,12 @@ def weighted_segment_softmax(
     masked = jnp.where(active, logits, -jnp.inf)
     seg_max = jraph.segment_max(masked, receivers, num_nodes, indices_are_sorted=True)
     seg_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(seg_max), seg_max, 0.0))
-    node_max = seg_max[jnp.clip(receivers, 0, num_nodes - 1)]
+    at_receiver = jnp.clip(receivers, 0, num_nodes - 1)  # padding ids point past the end
+    node_max = seg_max[at_receiver]
     ex = jnp.where(active, jnp.exp(jnp.where(active, logits - node_max, 0.0)), 0.0)
     ex = ex * weights[:, None]
     denom = segment_sum(ex, receivers, num_nodes)
-    denom_e = denom[jnp.clip(receivers, 0, num_nodes - 1)]
+    denom_e = denom[at_receiver]
     ok = denom_e > 0  # double where: no 0 · inf in the gradient of a receiver without weight
     return jnp.where(ok, ex / jnp.where(ok, denom_e, 1.0), 0.0)
 
