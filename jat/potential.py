@@ -18,8 +18,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from jat import graph
+from jat.atomic_io import atomic_directory, recover
 from jat.models import MODELS
 
 FORMAT = "jat.Potential"
@@ -307,7 +306,6 @@ class Potential:
         from flax import serialization
 
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -323,25 +321,25 @@ class Potential:
             "num_params": int(sum(np.size(x) for x in jax.tree.leaves(self.params))),
         }
         params = jax.tree.map(np.asarray, self.params)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             (tmp / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(params))
-            _swap_into_place(tmp, directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike, module: nn.Module | None = None) -> Potential:
-        """Load a potential written by :meth:`save`.
+        """Load a potential written by :meth:`save`, or the best model of a training run when
+        ``directory`` is a run directory of ``python -m jat.train`` (it loads ``<run>/best``).
 
         ``module`` is required only for potentials built from a custom Flax module.
         """
         from flax import serialization
 
         directory = Path(directory)
+        recover(directory)
+        best = directory / "best"
+        if not (directory / METADATA_FILE).exists() and (best / METADATA_FILE).exists():
+            directory = best
         meta_path = directory / METADATA_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path}: no jat potential metadata here")
@@ -603,23 +601,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(v, f"{prefix}/{k}" if prefix else str(k)))
         return out
     return {prefix: tree}
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Move the complete directory ``tmp`` to ``target``, keeping the old one until the end."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    backup = target.with_name(f".{target.name}.old")
-    if backup.exists():
-        shutil.rmtree(backup)
-    os.replace(target, backup)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(backup, target)
-        raise
-    shutil.rmtree(backup)
 
 
 def _jat_version() -> str:
