@@ -1,6 +1,35 @@
-"""Readers for reference data sets; every reader returns ASE ``Atoms`` in Å, eV, eV/Å."""
+"""Readers for reference data sets. Every reader yields :class:`Structure` objects in Å, eV,
+eV/Å and eV/Å³, and raises :class:`DataError` (naming the file and the entry) on malformed input.
 
+    for s in read_structures(["ani_gdb_s01.h5", "ani_gdb_s02.h5"], fraction=0.1):
+        ...
+
+Importing this package loads neither JAX nor h5py nor ``ase.io``.
+"""
+
+from jat.data.ani1 import list_ani1_molecules, read_ani1
+from jat.data.ase_io import read_ase
 from jat.data.ean import EAN_SPECIES, ean_symbols, read_ean
+from jat.data.md17 import read_md17
+from jat.data.neuralil import EAN_COMPOSITION, read_neuralil
 from jat.data.paths import data_dir
+from jat.data.readers import BUILTIN, detect_format, read_structures
+from jat.data.structure import DataError, Structure
 
-__all__ = ["EAN_SPECIES", "data_dir", "ean_symbols", "read_ean"]
+__all__ = [
+    "BUILTIN",
+    "EAN_COMPOSITION",
+    "EAN_SPECIES",
+    "DataError",
+    "Structure",
+    "data_dir",
+    "detect_format",
+    "ean_symbols",
+    "list_ani1_molecules",
+    "read_ani1",
+    "read_ase",
+    "read_ean",
+    "read_md17",
+    "read_neuralil",
+    "read_structures",
+]

@@ -1,0 +1,255 @@
+"""``read_structures``: one entry point for every reference-data format, and the checks shared by
+the readers.
+
+Formats: ``ani1`` (pyanitools HDF5, :func:`jat.data.ani1.read_ani1`), ``neuralil`` (JSON lines,
+:func:`jat.data.neuralil.read_neuralil`), ``md17`` (sGDML ``.npz``, :func:`jat.data.md17.read_md17`)
+and ``ase`` (anything ``ase.io`` reads, :func:`jat.data.ase_io.read_ase`). Readers are imported when
+first used, so ``import jat.data`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import itertools
+import os
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jat.data.structure import DataError, Structure
+
+PathLike = str | os.PathLike
+
+#: The data set shipped inside the package; ``read_structures("builtin")`` reads it.
+BUILTIN = Path(__file__).resolve().parent / "builtin" / "ean_xtb.extxyz"
+
+FORMATS: dict[str, tuple[str, str]] = {
+    "ani1": ("jat.data.ani1", "read_ani1"),
+    "neuralil": ("jat.data.neuralil", "read_neuralil"),
+    "md17": ("jat.data.md17", "read_md17"),
+    "ase": ("jat.data.ase_io", "read_ase"),
+}
+_SUFFIX_FORMATS = {".h5": "ani1", ".hdf5": "ani1", ".jsonl": "neuralil", ".npz": "md17"}
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_ZIP_MAGIC = b"PK\x03\x04"
+_SNIFF_BYTES = 65536
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatcher
+
+
+def read_structures(
+    paths: PathLike | Sequence[PathLike], format: str = "auto", **options: Any
+) -> Iterator[Structure]:
+    """Read labelled structures (Å, eV, eV/Å, eV/Å³) from one or several files, in order.
+
+    Args:
+        paths: a path, the string ``"builtin"`` (:data:`BUILTIN`), or a list of them.
+        format: ``"auto"`` (by extension, then by content: ``.h5``/``.hdf5`` → ani1,
+            ``.jsonl`` → neuralil, ``.npz`` → md17, anything else → ase), or one of
+            ``"ani1"``, ``"neuralil"``, ``"md17"``, ``"ase"`` for every file.
+        **options: passed to the reader of each file (``fraction``, ``high_energy``, ``seed``,
+            ``molecules`` for ani1; ``composition``, ``index`` for neuralil; ``index`` for ase).
+            With several ANI-1 files, each file gets the ``molecules`` it holds.
+
+    Raises:
+        FileNotFoundError: a file (or the built-in data set) is missing.
+        ValueError: an unknown format, or an option the reader of some file does not accept
+            (raised here, before anything is read).
+        DataError: malformed data, while iterating.
+    """
+    files = [resolve_path(p) for p in _as_list(paths)]
+    if not files:
+        raise ValueError("read_structures: no paths given")
+    if format != "auto" and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {sorted(FORMATS)}")
+    plan = [(path, detect_format(path) if format == "auto" else format) for path in files]
+    for path, fmt in plan:
+        _check_options(reader_for(fmt), fmt, path, options)
+    per_file = _per_file_options(plan, options)
+    iterators = [reader_for(fmt)(path, **per_file[path]) for path, fmt in plan if path in per_file]
+    return itertools.chain.from_iterable(iterators)
+
+
+def resolve_path(path: PathLike) -> Path:
+    """``path`` as a ``Path``; the string ``"builtin"`` names :data:`BUILTIN`."""
+    if isinstance(path, str) and path == "builtin":
+        if not BUILTIN.is_file():
+            raise FileNotFoundError(
+                f"the built-in data set is missing: {BUILTIN} (reinstall jat or pass a data file)"
+            )
+        return BUILTIN
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    return path
+
+
+def detect_format(path: PathLike) -> str:
+    """The reader format for ``path``: by extension, else by the first bytes, else ``"ase"``."""
+    path = Path(path)
+    by_suffix = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if by_suffix is not None:
+        return by_suffix
+    with path.open("rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    if head.startswith(_HDF5_MAGIC):
+        return "ani1"
+    if head.startswith(_ZIP_MAGIC) and _is_npz(path):
+        return "md17"
+    if head.lstrip().startswith(b"{") and (b'"Positions"' in head or b'"Cell-Size"' in head):
+        return "neuralil"
+    return "ase"
+
+
+def reader_for(format: str) -> Callable[..., Iterator[Structure]]:
+    """The reader function for a format name (imports its module on first use)."""
+    module, name = FORMATS[format]
+    return getattr(importlib.import_module(module), name)
+
+
+def _as_list(paths: PathLike | Sequence[PathLike]) -> list[PathLike]:
+    if isinstance(paths, (str, os.PathLike)):
+        return [paths]
+    return list(paths)
+
+
+def _is_npz(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return False
+    return bool(names) and all(name.endswith(".npy") for name in names)
+
+
+def _check_options(reader: Callable, fmt: str, path: Path, options: dict[str, Any]) -> None:
+    accepted = list(inspect.signature(reader).parameters)[1:]
+    for name in options:
+        if name not in accepted:
+            raise ValueError(
+                f"option {name!r} is not accepted by the {fmt} reader (file {path}); "
+                f"it accepts {accepted}"
+            )
+
+
+def _per_file_options(
+    plan: list[tuple[Path, str]], options: dict[str, Any]
+) -> dict[Path, dict[str, Any]]:
+    """Options for each file; several ANI-1 files share out ``molecules`` by the keys they hold."""
+    per_file = {path: dict(options) for path, _ in plan}
+    molecules = options.get("molecules")
+    if molecules is None or len(plan) < 2:
+        return per_file
+    from jat.data.ani1 import ani1_molecule_keys, requested_molecules
+
+    wanted = requested_molecules(molecules)
+    found: set[str] = set()
+    for path, _ in plan:
+        held = set(ani1_molecule_keys(path)).intersection(wanted)
+        found |= held
+        if held:
+            per_file[path]["molecules"] = [key for key in wanted if key in held]
+        else:
+            del per_file[path]
+    missing = [key for key in wanted if key not in found]
+    if missing:
+        names = ", ".join(str(path) for path, _ in plan)
+        raise ValueError(f"molecule group(s) {missing} are in none of the files {names}")
+    return per_file
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared by the readers
+
+
+def require_file(path: PathLike) -> Path:
+    """``path`` as a ``Path``; FileNotFoundError if it is missing, DataError if it is empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
+    return path
+
+
+def float_array(
+    value: Any, name: str, shape: tuple[int | None, ...], where: str, finite: bool = True
+) -> np.ndarray:
+    """``value`` as a float64 array of ``shape`` (``None`` matches any length), finite unless
+    ``finite=False``; otherwise DataError ``"{where}: {name} has shape ..., expected ..."``."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: {name} is not a numeric array") from None
+    if array.ndim != len(shape) or any(
+        want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
+    ):
+        raise DataError(f"{where}: {name} has shape {array.shape}, expected {format_shape(shape)}")
+    if finite and not np.all(np.isfinite(array)):
+        raise DataError(f"{where}: {name} has non-finite values (NaN or inf)")
+    return array
+
+
+def format_shape(shape: tuple[int | None, ...]) -> str:
+    """``(225, 3)``, ``(N, 3)`` or ``(3,)``."""
+    dims = ["N" if dim is None else str(dim) for dim in shape]
+    return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+
+def first_nonfinite(array: np.ndarray) -> int | None:
+    """Index along axis 0 of the first entry with a NaN or inf, or None."""
+    bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def checked_symbols(symbols: Iterable[Any], where: str) -> tuple[str, ...]:
+    """Element symbols (str or bytes, surrounding blanks ignored); DataError for unknown ones."""
+    from ase.data import atomic_numbers
+
+    names = tuple(
+        (s.decode("ascii", "replace") if isinstance(s, bytes) else str(s)).strip() for s in symbols
+    )
+    unknown = sorted({s for s in names if atomic_numbers.get(s, 0) == 0})
+    if unknown:
+        raise DataError(f"{where}: unknown element symbol(s) {unknown}")
+    return names
+
+
+def symbols_from_numbers(numbers: Any, where: str, name: str = "atomic numbers") -> tuple[str, ...]:
+    """Element symbols for atomic numbers 1…118; DataError for anything else."""
+    from ase.data import chemical_symbols
+
+    z = np.asarray(numbers)
+    if z.ndim != 1 or not np.issubdtype(z.dtype, np.integer):
+        raise DataError(f"{where}: {name} must be a 1-D integer array, got {z.dtype} {z.shape}")
+    unknown = sorted({int(v) for v in z if not 0 < v < len(chemical_symbols)})
+    if unknown:
+        raise DataError(f"{where}: unknown atomic number(s) {unknown}")
+    return tuple(chemical_symbols[int(v)] for v in z)
+
+
+def molecule(
+    symbols: tuple[str, ...],
+    positions: np.ndarray,
+    energy: float | None,
+    forces: np.ndarray | None = None,
+    source: str = "",
+    group: str = "",
+) -> Structure:
+    """A non-periodic Structure: zero cell, no pbc."""
+    return Structure(
+        symbols=symbols,
+        positions=positions,
+        cell=np.zeros((3, 3)),
+        pbc=(False, False, False),
+        energy=energy,
+        forces=forces,
+        source=source,
+        group=group,
+    )
