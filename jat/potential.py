@@ -303,6 +303,14 @@ class Potential:
         The directory is written beside the target and swapped in at the end, so an existing
         potential at ``directory`` is only replaced once the new one is complete.
         """
+        directory = Path(directory)
+        with atomic_directory(directory) as tmp:
+            self.write_files(tmp)
+        return directory
+
+    def write_files(self, directory: str | os.PathLike) -> None:
+        """Write the potential's two files into an existing ``directory`` (not atomic; see
+        :meth:`save`). Used by checkpoints that add files of their own beside them."""
         from flax import serialization
 
         directory = Path(directory)
@@ -321,10 +329,8 @@ class Potential:
             "num_params": int(sum(np.size(x) for x in jax.tree.leaves(self.params))),
         }
         params = jax.tree.map(np.asarray, self.params)
-        with atomic_directory(directory) as tmp:
-            (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-            (tmp / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(params))
-        return directory
+        (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (directory / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(params))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, module: nn.Module | None = None) -> Potential:

@@ -1,0 +1,76 @@
+"""Command line: ``python -m jat.train [CONFIG.yaml] [key=value ...]``.
+
+With no arguments it trains a small JAT model on the EAN GFN2-xTB data set shipped with jat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+EPILOG = """\
+examples:
+  python -m jat.train                                   # built-in default: small JAT, EAN xTB data
+  python -m jat.train examples/ean.yaml                 # a config file
+  python -m jat.train examples/ean.yaml training.time_budget=20m model.layers=5
+  python -m jat.train --resume runs/ean-20261121-101500 # continue an interrupted run
+  python -m jat.train --template > my.yaml              # commented template with every option
+  python -m jat.train examples/ean.yaml --print-config  # the resolved configuration
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jat.train",
+        description="Train a jat potential from a YAML config plus key=value overrides.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--template", action="store_true", help="print a commented template")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved configuration and exit"
+    )
+    ns = parser.parse_args(argv)
+
+    from jat.config import ConfigError, dump_config, load_config, template
+
+    if ns.template:
+        print(template(), end="")
+        return 0
+    config_path = None
+    overrides = list(ns.args)
+    if overrides and "=" not in overrides[0]:
+        config_path = overrides.pop(0)
+    try:
+        if ns.resume:
+            if config_path or overrides:
+                parser.error("--resume takes the configuration from the run directory")
+            cfg = None
+        else:
+            cfg = load_config(config_path, overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if ns.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+
+    from jat.data.structure import DataError
+    from jat.training import train
+
+    try:
+        train(cfg, resume=ns.resume)
+    except (DataError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; resume with `python -m jat.train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Seeded train/validation/test splits and the per-species energy reference.
+
+Splits are by configuration, or by molecule (ANI-1): whole molecules are held out for the test
+set and a fraction of the remaining molecules' conformations for validation, as in the thesis.
+Formulas can be excluded from training altogether and evaluated out of sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from jat.data.structure import Structure
+
+SETS = ("train", "validation", "test", "excluded")
+
+
+def _count(spec: float, total: int) -> int:
+    """A fraction (< 1) of ``total`` rounded, or a number (>= 1) of items."""
+    if spec < 0:
+        raise ValueError(f"split sizes must be >= 0, got {spec}")
+    n = round(spec * total) if spec < 1 else int(spec)
+    if n > total:
+        raise ValueError(f"asked for {n} items but only {total} are available")
+    return n
+
+
+def split_indices(
+    structures: Sequence[Structure],
+    *,
+    by: str = "configuration",
+    validation: float = 0.1,
+    test: float = 0.0,
+    n_train: int | None = None,
+    exclude_formulas: Sequence[str] = (),
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """Indices of the training, validation, test and excluded structures.
+
+    ``by="configuration"``: a seeded permutation of all structures gives ``test`` then
+    ``validation`` (fractions < 1 or counts >= 1), the rest trains. ``by="molecule"``: ``test``
+    counts whole molecules (``Structure.group``, or the formula when ungrouped), held out
+    entirely; ``validation`` is drawn from the conformations of the other molecules.
+    ``n_train`` caps the training set. Structures whose formula is in ``exclude_formulas`` go to
+    ``"excluded"``.
+    """
+    if by not in ("configuration", "molecule"):
+        raise ValueError(f"split by must be 'configuration' or 'molecule', got {by!r}")
+    rng = np.random.default_rng([seed, 7919])
+    excluded_formulas = {_normalise_formula(f) for f in exclude_formulas}
+    excluded = [k for k, s in enumerate(structures) if s.formula in excluded_formulas]
+    pool = [k for k, s in enumerate(structures) if s.formula not in excluded_formulas]
+    if by == "molecule":
+        groups = sorted({structures[k].group or structures[k].formula for k in pool})
+        order = rng.permutation(len(groups))
+        n_test = _count(test, len(groups))
+        test_groups = {groups[g] for g in order[:n_test]}
+        in_test = [(structures[k].group or structures[k].formula) in test_groups for k in pool]
+        test_idx = [k for k, t in zip(pool, in_test, strict=True) if t]
+        rest = [k for k, t in zip(pool, in_test, strict=True) if not t]
+        rest = [rest[k] for k in rng.permutation(len(rest))]
+    else:
+        pool = [pool[k] for k in rng.permutation(len(pool))]
+        n_test = _count(test, len(pool))
+        test_idx, rest = pool[:n_test], pool[n_test:]
+    n_val = _count(validation, len(rest))
+    val_idx, train_idx = rest[:n_val], rest[n_val:]
+    if n_train is not None:
+        if n_train > len(train_idx):
+            raise ValueError(f"n_train={n_train} but only {len(train_idx)} structures remain")
+        train_idx = train_idx[:n_train]
+    if not train_idx:
+        raise ValueError("the split leaves no training structures")
+    return {
+        "train": sorted(train_idx),
+        "validation": sorted(val_idx),
+        "test": sorted(test_idx),
+        "excluded": sorted(excluded),
+    }
+
+
+def _normalise_formula(formula: str) -> str:
+    from ase.formula import Formula
+
+    return Formula(formula).format("hill")
+
+
+def fit_energy_reference(
+    structures: Sequence[Structure], species: Sequence[str], forces_trained: bool
+) -> tuple[np.ndarray, float]:
+    """Per-species shift μ_Z (eV) by least squares of the energies on element counts, and a
+    scale (eV): the RMS force component when forces are present (× 1 Å), else the RMS residual
+    energy per atom. Returns (μ (S,), scale)."""
+    lookup = {s: k for k, s in enumerate(species)}
+    with_energy = [s for s in structures if s.energy is not None]
+    shift = np.zeros(len(species))
+    residual = np.zeros(0)
+    if with_energy:
+        counts = np.zeros((len(with_energy), len(species)))
+        for r, s in enumerate(with_energy):
+            np.add.at(counts[r], [lookup[x] for x in s.symbols], 1.0)
+        energies = np.array([s.energy for s in with_energy])
+        shift = np.linalg.lstsq(counts, energies, rcond=None)[0]
+        n_atoms = counts.sum(axis=1)
+        residual = (energies - counts @ shift) / n_atoms
+    forces = [s.forces for s in structures if s.forces is not None]
+    if forces_trained and forces:
+        scale = float(np.sqrt(np.mean(np.concatenate([f.ravel() for f in forces]) ** 2)))
+    elif residual.size:
+        scale = float(np.sqrt(np.mean(residual**2)))
+    else:
+        scale = 1.0
+    if not (math.isfinite(scale) and scale > 1e-6):
+        scale = 1.0
+    return shift, scale

@@ -1,0 +1,199 @@
+"""Pure, jittable training and evaluation steps over a padded batch (see ``dataset.Bucket``).
+
+A batch of B structures is evaluated as one disjoint graph (``jat.potential._network_energy``).
+Energies are compared after subtracting the fixed composition shift Σ μ_Z (done on the host in
+float64), so the network only ever sees O(1) targets. Every sum is weighted by the batch's
+``weight`` (0 for the copies that fill a short batch) and by whether a label exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jat import graph
+from jat.potential import _network_energy
+from jat.training.optim import ema_rate, set_learning_rate
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """params, optimiser state, EMA of the params and the number of steps taken."""
+
+    params: Any
+    opt_state: Any
+    ema: Any
+    step: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """Log-cosh loss weights and scales: forces (eV/Å) and energy per atom (eV/atom)."""
+
+    forces_weight: float = 1.0
+    energy_weight: float = 0.0
+    forces_alpha: float = 0.1
+    energy_alpha: float = 0.01
+
+
+def log_cosh(x: jax.Array, alpha: float) -> jax.Array:
+    """α log cosh(x/α): quadratic x²/(2α) for |x| ≪ α, linear |x| − α log 2 beyond (optax)."""
+    return alpha * optax.losses.log_cosh(x / alpha)
+
+
+def predict(module, params, scale, batch, forces: bool):
+    """Network energies (B,) in eV (composition shift excluded) and forces (B, N, 3) eV/Å."""
+    b = batch["species"].shape[0]
+    nbrs = graph.Neighbors(
+        senders=batch["senders"],
+        receivers=batch["receivers"],
+        shifts=batch["shifts"],
+        mask=batch["edge_mask"],
+        n_edges=jnp.zeros(b, jnp.int32),
+        overflow=jnp.zeros(b, bool),
+    )
+    strain = jnp.zeros_like(batch["cell"])
+
+    def energy(positions):
+        total, per_atom = _network_energy(
+            module, params, scale, positions, batch["species"], batch["cell"], strain, nbrs
+        )
+        return total, per_atom.sum(axis=1)
+
+    if not forces:
+        return energy(batch["positions"])[1], None
+    grad, energies = jax.grad(energy, has_aux=True)(batch["positions"])
+    return energies, -grad
+
+
+def errors(module, params, scale, batch, forces: bool):
+    """Residuals: energy per atom (B,), energy per structure (B,), forces (B, N, 3)."""
+    energies, f = predict(module, params, scale, batch, forces)
+    de = energies - batch["energy"]
+    df = None if f is None else f - batch["forces"]
+    return de / batch["n_atoms"], de, df
+
+
+def loss_terms(spec: LossSpec, de_atom, df, batch):
+    """Weighted mean log-cosh of the energy per atom and of force components (real ones only)."""
+    terms = {}
+    if spec.energy_weight > 0:
+        w = batch["energy_weight"]
+        terms["energy"] = jnp.sum(w * log_cosh(de_atom, spec.energy_alpha)) / jnp.maximum(
+            w.sum(), 1.0
+        )
+    if spec.forces_weight > 0:
+        atom = (batch["species"] >= 0) * batch["forces_weight"][:, None]
+        per_atom = log_cosh(df, spec.forces_alpha).sum(axis=-1)
+        terms["forces"] = jnp.sum(atom * per_atom) / jnp.maximum(3.0 * atom.sum(), 1.0)
+    return terms
+
+
+def total_loss(spec: LossSpec, terms) -> jax.Array:
+    return spec.energy_weight * terms.get("energy", 0.0) + spec.forces_weight * terms.get(
+        "forces", 0.0
+    )
+
+
+def error_sums(de_atom, de, df, batch) -> dict[str, jax.Array]:
+    """Sums of absolute and squared errors and their counts, over real structures and atoms."""
+    w = batch["energy_weight"]
+    out = {
+        "n_energy": w.sum(),
+        "energy_abs": jnp.sum(w * jnp.abs(de)),
+        "energy_sq": jnp.sum(w * de**2),
+        "energy_atom_abs": jnp.sum(w * jnp.abs(de_atom)),
+        "energy_atom_sq": jnp.sum(w * de_atom**2),
+    }
+    if df is not None:
+        atom = (batch["species"] >= 0) * batch["forces_weight"][:, None]
+        out["n_forces"] = 3.0 * atom.sum()
+        out["forces_abs"] = jnp.sum(atom[..., None] * jnp.abs(df))
+        out["forces_sq"] = jnp.sum(atom[..., None] * df**2)
+    return out
+
+
+def train_step(module, tx, spec: LossSpec, ema_decay, state: TrainState, scale, batch, lr):
+    """One optimiser step; returns the new state and the batch's loss terms (device arrays)."""
+    need_forces = spec.forces_weight > 0
+
+    def loss_fn(params):
+        de_atom, _, df = errors(module, params, scale, batch, need_forces)
+        terms = loss_terms(spec, de_atom, df, batch)
+        return total_loss(spec, terms), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    opt_state = set_learning_rate(state.opt_state, lr)
+    updates, opt_state = tx.update(grads, opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if ema_decay is None:
+        ema = params
+    else:
+        ema = optax.incremental_update(params, state.ema, ema_rate(ema_decay, state.step))
+    weight = batch["weight"].sum()
+    metrics = {"loss": loss * weight, "weight": weight}
+    metrics.update({f"loss_{k}": v * weight for k, v in terms.items()})
+    return TrainState(params, opt_state, ema, state.step + 1), metrics
+
+
+def eval_step(module, spec: LossSpec, forces: bool, params, scale, batch):
+    """Sums of errors and of the loss terms over a batch (no update); being sums, they do not
+    depend on how a data set is cut into batches."""
+    de_atom, de, df = errors(module, params, scale, batch, forces)
+    sums = error_sums(de_atom, de, df, batch)
+    if spec.energy_weight > 0:
+        sums["loss_energy_sum"] = jnp.sum(
+            batch["energy_weight"] * log_cosh(de_atom, spec.energy_alpha)
+        )
+    if spec.forces_weight > 0 and df is not None:
+        atom = (batch["species"] >= 0) * batch["forces_weight"][:, None]
+        sums["loss_forces_sum"] = jnp.sum(atom * log_cosh(df, spec.forces_alpha).sum(axis=-1))
+    return sums
+
+
+def evaluation_loss(spec: LossSpec, total: dict[str, float]) -> float | None:
+    """The loss of a whole data set from summed terms (mean per structure and per component)."""
+    out = 0.0
+    if spec.energy_weight > 0:
+        if not total.get("n_energy"):
+            return None
+        out += spec.energy_weight * total["loss_energy_sum"] / total["n_energy"]
+    if spec.forces_weight > 0:
+        if not total.get("n_forces"):
+            return None
+        out += spec.forces_weight * total["loss_forces_sum"] / total["n_forces"]
+    return out
+
+
+def reduce_sums(
+    parts: list[dict[str, jax.Array]], spec: LossSpec | None = None
+) -> dict[str, float]:
+    """Add per-batch sums (one device→host transfer) and turn them into MAE/RMSE figures
+    (and, given the loss ``spec``, the evaluation loss)."""
+    if not parts:
+        return {}
+    total = jax.tree.map(lambda *x: float(sum(x)), *jax.device_get(parts))
+    loss = None if spec is None else evaluation_loss(spec, total)
+    out: dict[str, float] = {}
+    n_e = total.get("n_energy", 0.0)
+    if n_e > 0:
+        out["energy_mae"] = total["energy_abs"] / n_e
+        out["energy_rmse"] = (total["energy_sq"] / n_e) ** 0.5
+        out["energy_atom_mae"] = total["energy_atom_abs"] / n_e
+        out["energy_atom_rmse"] = (total["energy_atom_sq"] / n_e) ** 0.5
+    n_f = total.get("n_forces", 0.0)
+    if n_f > 0:
+        out["forces_mae"] = total["forces_abs"] / n_f
+        out["forces_rmse"] = (total["forces_sq"] / n_f) ** 0.5
+    if loss is not None:
+        out["loss"] = loss
+    if total.get("weight", 0.0) > 0:  # training steps: batch means weighted by batch size
+        for key in total:
+            if key.startswith("loss"):
+                out[key] = total[key] / total["weight"]
+    return out

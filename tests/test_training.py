@@ -1,0 +1,338 @@
+"""Training: schedule, loss, buckets and padding, splits, energy reference, the run directory,
+checkpoints, exact resume after a crash, the command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+
+import jat
+from jat.config import config_from_dict
+from jat.data import read_structures
+from jat.data.structure import Structure
+from jat.training import checkpoint, optim, steps, train
+from jat.training.dataset import align_edge_slots, build_dataset, choose_buckets
+from jat.training.loop import METRICS_FILE
+from jat.training.splits import fit_energy_reference, split_indices
+
+TINY = {"name": "jat", "cutoff": 3.0, "layers": 1, "width": 8, "heads": 1}
+TIME_KEYS = {"train_structures_per_s", "train_atoms_per_s", "train_time", "epoch_time", "elapsed"}
+
+
+def _labelled(atoms):
+    atoms.calc = EMT()
+    labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+    if atoms.pbc.all():
+        labels["stress"] = atoms.get_stress()
+    atoms.calc = SinglePointCalculator(atoms, **labels)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def emt_files(tmp_path_factory):
+    """EMT-labelled data: rattled periodic Cu (8 and 4 atoms) and small molecules."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("emt")
+    crystals = []
+    for k in range(24):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        if k % 3 == 0:
+            atoms = atoms.repeat((2, 1, 1))
+        atoms.rattle(0.1, seed=int(rng.integers(1 << 30)))
+        crystals.append(_labelled(atoms))
+    molecules = []
+    for k in range(18):
+        atoms = molecule(("CH4", "NH3", "H2O")[k % 3])
+        atoms.rattle(0.05, seed=k)
+        molecules.append(_labelled(atoms))
+    write(root / "cu.extxyz", crystals)
+    write(root / "mol.extxyz", molecules)
+    return root
+
+
+def _config(path, tmp_path, **sections):
+    cfg = {
+        "name": "t",
+        "run_dir": str(tmp_path / "run"),
+        "data": {"train": str(path), "split": {"validation": 4}},
+        "model": dict(TINY),
+        "training": {"epochs": 3, "batch_size": 4},
+        "logging": {"progress": "none"},
+    }
+    for key, value in sections.items():
+        cfg.setdefault(key, {}).update(value) if isinstance(value, dict) else cfg.update(
+            {key: value}
+        )
+    return config_from_dict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# pure pieces
+
+
+def test_onecycle_corners_and_final_value():
+    s = optim.Schedule("onecycle", 5e-4, 3e-3, 5e-6, total_steps=101, steps_per_epoch=10)
+    v = s.values(0, 101)
+    assert v[0] == pytest.approx(5e-4, rel=1e-5)
+    assert v.max() == pytest.approx(3e-3, rel=1e-5) and int(np.argmax(v)) == 45
+    assert v[90] == pytest.approx(5e-4, rel=1e-5)
+    assert v[100] == pytest.approx(5e-6, rel=1e-4)  # exactly lr_final, not lr_min·final/max
+    assert s(500) == pytest.approx(5e-6, rel=1e-4)  # stays there past the end
+    per_epoch = optim.Schedule("onecycle", 1e-4, 1e-3, 1e-5, 100, 10, per_epoch=True)
+    w = per_epoch.values(0, 30)
+    np.testing.assert_allclose(w[:10], w[10:20])
+    assert w[9] == pytest.approx(1e-5, rel=1e-4)
+    assert optim.Schedule("constant", 1e-4, 1e-3, 1e-5, 10, 5)(7) == pytest.approx(1e-3)
+
+
+def test_log_cosh_scale():
+    x = jnp.array([1e-4, 0.05, 3.0, 50.0])
+    alpha = 0.1
+    expected = alpha * np.log(np.cosh(np.asarray(x, np.float64) / alpha))
+    # optax's log(e^x + e^-x) - log 2 cancels near 0 in float32: absolute error ~1e-8 there
+    np.testing.assert_allclose(steps.log_cosh(x, alpha), expected, rtol=1e-4, atol=1e-7)
+    assert np.isfinite(steps.log_cosh(jnp.array(1e4), 1e-3))  # no overflow far out
+    # the gradient, which is what trains, is tanh(x/α) to 1e-4 relative even near 0
+    grad = jax.vmap(jax.grad(lambda v: steps.log_cosh(v, alpha)))(x)
+    np.testing.assert_allclose(grad, np.tanh(np.asarray(x, np.float64) / alpha), rtol=1e-4)
+
+
+def test_choose_buckets_is_optimal_and_bounded():
+    sizes = [3] * 50 + [4] * 50 + [20] * 5 + [21] * 5
+    assert choose_buckets(sizes, 2) == [4, 21]
+    assert choose_buckets(sizes, 10) == [3, 4, 20, 21]
+    assert choose_buckets([7], 3) == [7]
+    assert len(choose_buckets(list(range(1, 100)), 4)) == 4
+
+
+def test_energy_reference_least_squares():
+    mu = {"H": -13.6, "C": -1030.0, "O": -2040.0}
+    structures = []
+    for formula in ("CH4", "H2O", "CO2", "C2H6", "CH3OH"):
+        atoms = molecule(formula)
+        e = sum(mu[s] for s in atoms.get_chemical_symbols())
+        structures.append(
+            Structure(tuple(atoms.get_chemical_symbols()), atoms.positions, np.zeros((3, 3)),
+                      (False,) * 3, energy=e)
+        )
+    shift, scale = fit_energy_reference(structures, ("H", "C", "O"), forces_trained=False)
+    np.testing.assert_allclose(shift, [mu["H"], mu["C"], mu["O"]], rtol=1e-9)
+    assert scale == 1.0  # zero residual falls back to 1
+
+
+def test_split_by_configuration_and_molecule(emt_files):
+    mol = list(read_structures(emt_files / "mol.extxyz"))
+    a = split_indices(mol, validation=0.25, test=3, seed=1)
+    b = split_indices(mol, validation=0.25, test=3, seed=1)
+    assert a == b
+    assert len(a["test"]) == 3 and len(a["validation"]) == 4
+    everything = sorted(a["train"] + a["validation"] + a["test"])
+    assert everything == list(range(len(mol)))
+    by_mol = split_indices(mol, by="molecule", test=1, validation=0.2, seed=3)
+    held = {mol[k].formula for k in by_mol["test"]}
+    assert len(held) == 1
+    assert not held & {mol[k].formula for k in by_mol["train"] + by_mol["validation"]}
+    ex = split_indices(mol, validation=0, exclude_formulas=["H2O"])
+    assert {mol[k].formula for k in ex["excluded"]} == {"H2O"}
+    assert "H2O" not in {mol[k].formula for k in ex["train"]}
+
+
+def test_padding_never_changes_loss_or_metrics(emt_files):
+    """The same structures evaluated in tight and in generous shapes, and with weight-zero
+    fillers in a short batch, give the same loss and error sums."""
+    structures = list(read_structures(emt_files / "cu.extxyz"))[:6]
+    pot = jat.Potential.create("jat", ["Cu"], 3.0, layers=1, width=8, heads=1)
+    shift = np.array([-0.1])
+    tight = build_dataset(structures, ("Cu",), 3.0, shift, [4, 8])
+    loose = align_edge_slots(
+        {"a": build_dataset(structures, ("Cu",), 3.0, shift, [16]), "b": tight}
+    )["a"]
+    spec = steps.LossSpec(forces_weight=1.0, energy_weight=0.5)
+
+    evaluate = jax.jit(functools.partial(steps.eval_step, pot.module, spec, True))
+
+    def total(data, size):
+        parts = [
+            evaluate(pot.params, jnp.ones(1), batch)
+            for _, batch in data.iterate(size, jnp.float32)
+        ]
+        return steps.reduce_sums(parts)
+
+    ref = total(tight, 6)
+    for data, size in ((tight, 4), (loose, 5), (loose, 6)):
+        got = total(data, size)
+        assert got.keys() == ref.keys()
+        for key in ref:
+            assert got[key] == pytest.approx(ref[key], rel=2e-5, abs=1e-7), key
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+
+
+def test_run_directory_and_loadable_best_model(emt_files, tmp_path):
+    cfg = _config(emt_files / "cu.extxyz", tmp_path, loss={"energy_weight": 0.1})
+    result = train(cfg)
+    run = result.run_dir
+    for name in ("config.yaml", "split.json", "metrics.jsonl", "summary.json"):
+        assert (run / name).is_file(), name
+    for name in ("best", "last"):
+        assert (run / name / "metadata.json").is_file()
+    assert (run / "last" / "train_state.msgpack").is_file()
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(r["val_forces_mae"]) for r in rows)
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["validation"]) == 4 and len(split["train"]) == 20
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["compilations"]["train"] <= cfg.training.max_buckets
+
+    # the saved best model reproduces the reported validation errors through Potential
+    pot = jat.Potential.load(run)
+    by_source = {s.source: s for s in read_structures(emt_files / "cu.extxyz")}
+    errs, ferrs = [], []
+    for source in split["validation"]:
+        s = by_source[source]
+        res = pot.compute(s.to_atoms(), stress=False)
+        errs.append(abs(res.energy - s.energy) / s.n_atoms)
+        ferrs.append(np.abs(res.forces - s.forces).ravel())
+    val = summary["validation"]
+    assert np.mean(errs) == pytest.approx(val["energy_atom_mae"], rel=1e-3, abs=1e-6)
+    assert np.mean(np.concatenate(ferrs)) == pytest.approx(val["forces_mae"], rel=1e-3)
+    # training improved on the initial model
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_energy_only_molecules_by_molecule(emt_files, tmp_path):
+    cfg = _config(
+        emt_files / "mol.extxyz",
+        tmp_path,
+        data={"split": {"by": "molecule", "test": 1, "validation": 0.2}},
+        loss={"forces_weight": 0.0, "energy_weight": 1.0},
+    )
+    result = train(cfg)
+    # forces are in the data, so they are reported, though not trained
+    assert result.summary["validation"]["forces_mae"] > 0
+    assert result.summary["test"]["energy_atom_mae"] > 0
+    assert result.summary["n_structures"]["test"] == 6  # one whole molecule
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_continues_exactly(emt_files, tmp_path):
+    """A run killed in the middle of epoch 3 and resumed gives the same metrics as a run that
+    never stopped (time figures aside), and ends in the same parameters."""
+    path = emt_files / "cu.extxyz"
+    overrides = {"training": {"epochs": 4, "batch_size": 4}, "optimizer": {"clip_norm": 1.0}}
+    ref = train(_config(path, tmp_path / "a", **overrides))
+
+    def crash(epoch, step, state):
+        if epoch == 3 and step == 2:
+            raise Crash
+
+    cfg = _config(path, tmp_path / "b", **overrides)
+    with pytest.raises(Crash):
+        train(cfg, hooks={"after_step": crash})
+    run = tmp_path / "b" / "run"
+    assert [r["epoch"] for r in _rows(run)] == [1, 2]
+    resumed = jat.training.resume(run)
+    a, b = _rows(ref.run_dir), _rows(run)
+    assert len(a) == len(b) == 4
+    for ra, rb in zip(a, b, strict=True):
+        for key in ra.keys() - TIME_KEYS:
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-12), key
+    for x, y in zip(jax.tree.leaves(ref.potential.params),
+                    jax.tree.leaves(resumed.potential.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-8)
+
+
+def test_crash_while_writing_checkpoint_keeps_previous(emt_files, tmp_path, monkeypatch):
+    cfg = _config(emt_files / "cu.extxyz", tmp_path, training={"epochs": 2})
+    result = train(cfg)
+    last = result.run_dir / "last"
+    before = (last / "train_state.msgpack").read_bytes()
+    pot = jat.Potential.create("jat", ["Cu"], 3.0, layers=1, width=8, heads=1)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.serialization, "msgpack_serialize", broken)
+    with pytest.raises(OSError):
+        checkpoint.save_checkpoint(last, pot, {"x": 1}, {"epoch": 99})
+    assert (last / "train_state.msgpack").read_bytes() == before
+    assert json.loads((last / "progress.json").read_text())["epoch"] == 2
+
+
+def test_time_budget_plans_and_stops(emt_files, tmp_path):
+    cfg = _config(
+        emt_files / "cu.extxyz", tmp_path, training={"epochs": 10_000, "time_budget": 8}
+    )
+    result = train(cfg)
+    progress = json.loads((result.run_dir / "last" / "progress.json").read_text())
+    assert 1 <= progress["planned_epochs"] < 10_000
+    assert result.summary["elapsed_s"] < 20
+
+
+def test_existing_run_dir_is_not_overwritten(emt_files, tmp_path):
+    cfg = _config(emt_files / "cu.extxyz", tmp_path, training={"epochs": 1})
+    train(cfg)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg)
+
+
+def test_missing_labels_are_reported(emt_files, tmp_path):
+    mol = [s.to_atoms() for s in read_structures(emt_files / "mol.extxyz")]
+    for atoms in mol:
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy())
+    write(tmp_path / "energies.extxyz", mol)
+    cfg = _config(tmp_path / "energies.extxyz", tmp_path)
+    with pytest.raises(ValueError, match="no forces"):
+        train(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_template_and_errors(capsys, tmp_path):
+    from jat.train import main
+
+    assert main(["--template"]) == 0
+    assert "forces_alpha" in capsys.readouterr().out
+    assert main(["training.epoks=3"]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+    assert main(["data.train=" + str(tmp_path / "nope.extxyz"), "logging.progress=none",
+                 f"output_dir={tmp_path}"]) == 2
+    assert "nope.extxyz" in capsys.readouterr().err
+
+
+def test_cli_wandb_offline(emt_files, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from jat.train import main
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = [
+        f"data.train={emt_files / 'cu.extxyz'}", "data.split.validation=4",
+        f"run_dir={tmp_path / 'run'}", "training.epochs=1", "training.batch_size=4",
+        "logging.wandb=true", "logging.progress=lines",
+    ] + [f"model.{k}={v}" for k, v in TINY.items()]
+    assert main(args) == 0
+    assert list((tmp_path / "run").rglob("*.wandb")), "no offline wandb run written"
