@@ -6,9 +6,10 @@ Every model has the call signature
 and never sees absolute positions.
 """
 
+from jat.models.bessel import BesselNN
 from jat.models.jat import JAT, JATLayer
 from jat.models.schnet import SchNet, SchNetInteraction
 
-MODELS = {"jat": JAT, "schnet": SchNet}
+MODELS = {"jat": JAT, "schnet": SchNet, "bessel": BesselNN}
 
 __all__ = ["JAT", "JATLayer", "MODELS", "SchNet", "SchNetInteraction"]
