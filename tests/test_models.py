@@ -328,15 +328,16 @@ def check_smooth_cutoff(pot):
     assert err["force_jump"] < 10.0, err
 
 
-# Defaults: JAT edge_feature "distance", update "skip", envelope "polynomial"; SchNet norm None.
+# Defaults: JAT edge_feature "bessel", message "filtered", update "skip", envelope "polynomial";
+# SchNet norm None. The thesis' JAT is edge_feature "distance" with message "node".
 VARIANTS = [
     ("jat", {}),
     ("jat", {"envelope": "cosine"}),
     ("jat", {"edge_feature": "inverse"}),
-    ("jat", {"edge_feature": "bessel"}),
+    ("jat", {"edge_feature": "distance", "message": "node"}),
     ("jat", {"edge_feature": "gaussian"}),
     ("jat", {"update": "gru"}),
-    ("jat", {"update": "gru", "envelope": "cosine", "edge_feature": "bessel"}),
+    ("jat", {"update": "gru", "envelope": "cosine", "edge_feature": "distance"}),
     ("schnet", {}),
     ("schnet", {"norm": "layernorm"}),
     ("schnet", {"norm": "rmsnorm"}),

@@ -4,12 +4,18 @@ For every edge j → i (sender j, receiver i):
 
     e_ij = a_h · swish(W_s h_j + W_r h_i + W_e φ(r_ij))        (GATv2 dynamic attention)
     α_ij = f_c(r_ij) exp(e_ij) / Σ_k f_c(r_ik) exp(e_ik)        (envelope-weighted softmax)
-    m_i  = swish(Σ_j α_ij f_c(r_ij) W_v h_j)
+    m_i  = swish(Σ_j α_ij f_c(r_ij) [W_f φ(r_ij)] ⊙ W_v h_j)   ([…] only for message="filtered")
     h_i' = LayerNorm(h_i + m_i)            (or LayerNorm(GRU(m_i, h_i)))
 
 The envelope f_c vanishes with its first two derivatives at r_c, so an edge crossing the cutoff
 changes neither the attention weights of the others nor the message: energy and forces are
 continuous. Width is split between ``heads`` independent attention heads.
+
+Defaults differ from the thesis in two places, both measured on the EAN data (3-minute runs,
+7 × 48, 1 head, 5 Å, batch 8; validation force MAE): a radial Bessel basis instead of the bare
+distance as edge feature (0.52 → 0.26 eV/Å), and messages filtered by the edge features as in
+SchNet (→ 0.24 eV/Å, at 25 % more time per epoch). ``edge_feature="distance",
+message="node"`` is the thesis' model.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class JATLayer(nn.Module):
     width: int
     heads: int
     update: str = "skip"
+    message: str = "node"
 
     @nn.compact
     def __call__(
@@ -62,7 +69,12 @@ class JATLayer(nn.Module):
         block = jnp.repeat(jnp.eye(self.heads, dtype=z.dtype), dh, axis=0)
         logits = z @ (a.reshape(f, 1) * block)
         alpha = weighted_segment_softmax(logits, env, receivers, n) * env[:, None]
-        msg = segment_sum((alpha @ block.T) * val[senders], receivers, n)
+        weights = alpha @ block.T
+        if self.message == "filtered":
+            weights = weights * nn.Dense(f, use_bias=False, name="W_f")(phi)
+        elif self.message != "node":
+            raise ValueError(f"unknown message {self.message!r}; choose 'node' or 'filtered'")
+        msg = segment_sum(weights * val[senders], receivers, n)
         m = swish(msg)
         if self.update == "skip":
             out = h + m
@@ -82,9 +94,10 @@ class JAT(nn.Module):
         width: feature width F (the thesis: 48).
         layers: number of attention layers T (thesis: 4–6 for ANI-1, 7 for EAN).
         heads: attention heads H; must divide ``width`` (thesis: 4 for ANI-1, 1 for EAN).
-        edge_feature: "distance" (thesis default), "inverse", "bessel" or "gaussian".
+        edge_feature: "bessel" (default), "gaussian", "inverse" or "distance" (the thesis).
         num_basis: basis size for the radial-basis edge features.
         update: "skip" (residual) or "gru".
+        message: "filtered" (default: W_v h_j scaled by W_f φ(r_ij)) or "node" (the thesis).
         envelope: "polynomial" (C², default) or "cosine" (C¹).
         readout: widths of the pyramidal readout MLP before the final Dense(1).
     """
@@ -94,9 +107,10 @@ class JAT(nn.Module):
     width: int = 48
     layers: int = 4
     heads: int = 4
-    edge_feature: str = "distance"
+    edge_feature: str = "bessel"
     num_basis: int = 8
     update: str = "skip"
+    message: str = "filtered"
     envelope: str = "polynomial"
     readout: Sequence[int] = (64, 32, 16, 16)
 
@@ -128,7 +142,7 @@ class JAT(nn.Module):
         phi = edge_features(self.edge_feature, r, self.cutoff, self.num_basis, env)
         h = nn.Embed(self.num_species, self.width, name="embedding")(jnp.maximum(species, 0))
         for t in range(self.layers):
-            h = JATLayer(self.width, self.heads, self.update, name=f"layer_{t}")(
+            h = JATLayer(self.width, self.heads, self.update, self.message, name=f"layer_{t}")(
                 h, phi, env, senders, receivers
             )
         y = ReadoutMLP(tuple(self.readout), name="readout")(h)
