@@ -336,3 +336,46 @@ def test_cli_wandb_offline(emt_files, tmp_path, monkeypatch):
     ] + [f"model.{k}={v}" for k, v in TINY.items()]
     assert main(args) == 0
     assert list((tmp_path / "run").rglob("*.wandb")), "no offline wandb run written"
+
+
+@pytest.mark.slow
+def test_killed_process_resumes(emt_files, tmp_path):
+    """SIGKILL a real ``python -m jat.train`` after its second epoch, resume it from the
+    command line, and compare with an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def args(run_dir):
+        return [
+            sys.executable, "-m", "jat.train", f"data.train={emt_files / 'cu.extxyz'}",
+            "data.split.validation=4", f"run_dir={run_dir}", "training.epochs=6",
+            "training.batch_size=4", "logging.progress=lines",
+        ] + [f"model.{k}={v}" for k, v in TINY.items()]
+
+    ref = tmp_path / "ref"
+    subprocess.run(args(ref), check=True, capture_output=True, timeout=600)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(args(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        metrics = run / METRICS_FILE
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        if proc.poll() is not None:
+            pytest.fail("training finished before it could be killed")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(_rows(run))
+    assert done < 6, "the run finished before the kill"
+    subprocess.run(
+        [sys.executable, "-m", "jat.train", "--resume", str(run)],
+        check=True, capture_output=True, timeout=600,
+    )
+    a, b = _rows(ref), _rows(run)
+    assert [r["epoch"] for r in b] == list(range(1, 7))
+    for ra, rb in zip(a, b, strict=True):
+        for key in ra.keys() - TIME_KEYS:
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-12), key

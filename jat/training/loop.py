@@ -42,6 +42,7 @@ SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 BUDGET_MARGIN = 0.97  # fraction of the remaining budget the planned epochs may fill
+REPLAN_EPOCH = 3  # with a time budget, the plan is corrected once from the epochs 2..3 timings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,7 +324,7 @@ class _Run:
             times = []
             for _ in range(3):
                 t = time.perf_counter()
-                scratch, m = self.train_step(scratch, self.scale, batch, 1e-12)
+                scratch, m = self.train_step(scratch, self.scale, batch, np.float32(1e-12))
                 jax.block_until_ready(m)
                 times.append(time.perf_counter() - t)
             per_epoch += n_batches * min(times[1:])
@@ -337,6 +338,20 @@ class _Run:
             f"planning {min(max(fit, 1), epochs)} epochs"
         )
         return min(max(fit, 1), epochs)
+
+    def replan_epochs(self, rows: list[dict], epochs: int, remaining: float) -> int:
+        """Correct the planned epochs from measured epoch times (epochs 2…REPLAN_EPOCH: the
+        first includes compilation), if they differ from the plan by more than 10 %."""
+        done = rows[-1]["epoch"]
+        measured = float(np.mean([r["epoch_time"] for r in rows[1:]]))
+        fit = done + int(remaining * BUDGET_MARGIN / max(measured, 1e-9))
+        fit = min(max(fit, done + 1), self.cfg.training.epochs)
+        if abs(fit - epochs) <= 0.1 * epochs:
+            return epochs
+        self.out.message(
+            f"epochs take {measured:.2f} s: re-planning {fit} epochs instead of {epochs}"
+        )
+        return fit
 
     def _time_eval(self, state) -> float:
         self.evaluate(state.ema, "validation")  # compiles
@@ -513,7 +528,9 @@ def _train(cfg: Config, run_dir: Path, resuming: bool, out: Progress, hooks: dic
     def elapsed() -> float:
         return elapsed0 + time.monotonic() - run.t0
 
-    for epoch in range(prog["epoch"] + 1, epochs + 1):
+    epoch = prog["epoch"]
+    while epoch < epochs:
+        epoch += 1
         t_epoch = time.monotonic()
         state, row = run.run_epoch(state, epoch, epochs, prog["step"], schedule)
         improved = False
@@ -536,6 +553,11 @@ def _train(cfg: Config, run_dir: Path, resuming: bool, out: Progress, hooks: dic
         if improved:
             checkpoint.save_checkpoint(run_dir / "best", ema_pot, None, dict(prog))
         _append_row(metrics_path, row)
+        rows.append(row)
+        if budget is not None and epoch == REPLAN_EPOCH and not prog.get("replanned"):
+            epochs = run.replan_epochs(rows, epochs, budget - elapsed())
+            prog.update(planned_epochs=epochs, replanned=True)
+            schedule = dataclasses.replace(schedule, total_steps=epochs * run.steps_per_epoch)
         if epoch % cfg.training.checkpoint_every == 0 or epoch == epochs:
             checkpoint.save_checkpoint(run_dir / "last", ema_pot, state, dict(prog))
         out.epoch(row, epochs)
