@@ -54,8 +54,9 @@ def measure(name: str, structures, batch_size: int, epochs: int) -> dict:
         functools.partial(steps.train_step, pot.module, tx, steps.LossSpec(), 0.99),
         donate_argnums=0,
     )
+    params = jax.tree.map(jnp.copy, pot.params)  # the step donates its state
     state = steps.TrainState(
-        pot.params, tx.init(pot.params), jax.tree.map(jnp.copy, pot.params), jnp.zeros((), int)
+        params, tx.init(params), jax.tree.map(jnp.copy, params), jnp.zeros((), int)
     )
     scale = jnp.full(len(SPECIES), scale, jnp.float32)
     first = data.buckets[0].batch(np.arange(batch_size), batch_size, jnp.float32)
