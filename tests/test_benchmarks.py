@@ -1,0 +1,97 @@
+"""Smoke tests of the model-comparison benchmarks (benchmarks/accuracy_vs_time.py, throughput.py,
+scaling.py): they import, parse their options, and their cheapest pieces run on tiny synthetic
+input. The measurements themselves are run by hand (see each script's docstring)."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+from jat.data.structure import Structure
+from jat.training.steps import LossSpec
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = ("accuracy_vs_time", "throughput", "scaling")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The three benchmark modules and their shared helpers, imported as the scripts are run."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield {name: importlib.import_module(name) for name in ("_common", *SCRIPTS)}
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _box(n_pairs: int = 2, seed: int = 0) -> tuple[Atoms, list[Structure]]:
+    """A small periodic box of random H/C/N/O atoms and two labelled copies as Structures."""
+    rng = np.random.default_rng(seed)
+    side = 6.0
+    grid = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    positions = grid[: 5 * n_pairs] * side / 3 + rng.uniform(-0.2, 0.2, (5 * n_pairs, 3))
+    symbols = list(rng.choice(["H", "C", "N", "O"], size=len(positions)))
+    atoms = Atoms(symbols, positions=positions, cell=np.eye(3) * side, pbc=True)
+    structures = [
+        Structure(
+            tuple(symbols),
+            positions + rng.normal(0, 0.05, positions.shape),
+            np.eye(3) * side,
+            (True, True, True),
+            energy=float(rng.normal()),
+            forces=rng.normal(size=positions.shape),
+        )
+        for _ in range(2)
+    ]
+    return atoms, structures
+
+
+def test_benchmarks_cheapest_pieces(bench, tmp_path):
+    common = bench["_common"]
+    atoms, structures = _box()
+    # every script parses its options; accuracy_vs_time builds and cross-checks its three configs
+    for name in SCRIPTS:
+        with pytest.raises(SystemExit) as exit_info:
+            bench[name].main(["--help"])
+        assert exit_info.value.code == 0
+    acc = bench["accuracy_vs_time"]
+    configs = {
+        n: acc.make_config(n, tmp_path / "ean.jsonl", 30.0, 0, tmp_path / "runs", quick=False)
+        for n in ("jat", "schnet", "bessel")
+    }
+    acc.check_same_protocol(configs)
+    assert configs["bessel"].model.cutoff == 3.5
+    assert dict(configs["jat"].model.hyper) == {"layers": 7, "width": 48, "heads": 1}
+    assert configs["schnet"].training.time_budget == 30.0
+
+    # throughput: one inference pass and one training epoch of a tiny model
+    pot = common.TINY["jat"].create()
+    inf = bench["throughput"].inference(pot, [atoms, atoms], batch=2, repeats=1)
+    assert inf["structures"] == 2 and inf["structures_per_s"] > 0
+    data, train = bench["throughput"].training(pot, structures, 2, LossSpec(), epochs=1)
+    assert train["structures"] == 2 and train["structures_per_s"] > 0
+
+    # scaling: neighbour list and the exponent fit
+    nl = bench["scaling"].neighbour_list(atoms, 3.0, repeats=1)
+    assert nl["n_atoms"] == len(atoms) and nl["n_edges"] > 0
+    assert common.fit_exponent([100, 200, 400], [1.0, 2.0, 4.0]) == pytest.approx(1.0)
+    assert common.fit_exponent([100], [1.0]) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_help_subprocess(script):
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{script}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "--quick" in out.stdout and "--data-dir" in out.stdout
