@@ -235,6 +235,28 @@ class Potential:
         """A copy holding ``params`` (same structure as ``self.params``)."""
         return dataclasses.replace(self, params=params)
 
+    def with_dtype(self, dtype: str) -> Potential:
+        """A copy evaluated in ``dtype`` ("float32" or "float64"), its parameters cast to it.
+
+        Returns ``self`` when the dtype is already ``dtype``. Casting float32 parameters to
+        float64 is exact; the other way rounds them. The copy is cached, so repeated calls share
+        its compiled functions.
+        """
+        if not isinstance(dtype, str):  # numpy / jax dtypes and scalar types
+            dtype = np.dtype(dtype).name
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if dtype == self.dtype:
+            return self
+        key = ("with_dtype", dtype)
+        copy = self._cache.get(key)
+        if copy is None:
+            dt = jnp.dtype(dtype)
+            with _precision(dtype):
+                params = jax.tree.map(lambda x: jnp.asarray(x, dt), self.params)
+            copy = self._cache[key] = dataclasses.replace(self, params=params, dtype=dtype)
+        return copy
+
     # ---------------------------------------------------------------- evaluation
 
     def compute(
@@ -290,7 +312,12 @@ class Potential:
         return self.compute(atoms, forces=False, stress=True).stress
 
     def calculator(self, **kwargs: Any):
-        """An ASE calculator (energy, free_energy, energies, forces, stress) for this potential."""
+        """An ASE calculator (energy, free_energy, energies, forces, stress) for this potential.
+
+        Keyword arguments go to :class:`jat.calculator.JATCalculator`: ``skin`` (Å, default 1.0:
+        the neighbour list is reused until an atom moved more than skin/2) and ``dtype``
+        ("float64" evaluates a float64 copy of this potential).
+        """
         from jat.calculator import JATCalculator
 
         return JATCalculator(self, **kwargs)

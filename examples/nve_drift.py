@@ -1,0 +1,190 @@
+"""NVE energy drift of a jat potential on the EAN box, in float32 and float64.
+
+    python examples/nve_drift.py --model runs/ean-20261121-101500          # 10 ps at 0.5 fs
+    python examples/nve_drift.py --model RUN --engine jax_md --time 50      # jitted JAX-MD loop
+    python examples/nve_drift.py --untrained --time 0.01 --sample-every 5   # smoke run
+
+Velocity Verlet (ASE's ``VelocityVerlet`` on ``JATCalculator``, or JAX-MD's ``simulate.nve``)
+from the first EAN configuration with Maxwell-Boltzmann velocities at ``--temperature``, the same
+start for every dtype. The total energy is sampled every ``--sample-every`` steps; the drift is the
+slope of a least-squares line through E_tot(t) per atom, in meV/atom/ps, and the fluctuation the
+RMS of the residual about that line (meV/atom). Writes a PNG of E_tot(t) − E_tot(0) per atom with
+the fitted lines (when matplotlib is installed) and prints one JSON object on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from md_ean import add_model_arguments, initial_velocities, load_ean, load_potential
+
+
+def run_ase(atoms, pot, dtype, args, velocities):
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = atoms.copy()
+    calc = pot.calculator(dtype=dtype, skin=args.skin)
+    atoms.calc = calc
+    atoms.set_velocities(velocities)
+    dyn = VelocityVerlet(atoms, timestep=args.dt * units.fs)
+    times, energies = [], []
+
+    def sample():
+        times.append(dyn.nsteps * args.dt / 1000.0)  # ps
+        energies.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
+
+    dyn.attach(sample, interval=args.sample_every)
+    atoms.get_forces()  # compile outside the timing
+    t0 = time.perf_counter()
+    dyn.run(args.steps)
+    seconds = time.perf_counter() - t0
+    return np.array(times), np.array(energies), seconds, {"rebuilds": calc.rebuilds}
+
+
+def run_jax_md(atoms, pot, dtype, args, velocities):
+    import jax
+    import jax.numpy as jnp
+    from ase import units
+    from jax_md import quantity, simulate
+
+    import jat.md
+
+    pot = pot.with_dtype(dtype)
+    system = jat.md.jax_md_system(pot, atoms, skin=args.skin)
+    init, apply = simulate.nve(system.energy_fn, system.shift_fn, dt=args.dt * units.fs)
+    R = jnp.asarray(system.positions)
+    masses = jnp.asarray(system.masses)
+    momenta = jnp.asarray(velocities @ system.rotation.T, R.dtype) * masses[:, None]
+    nbrs = system.neighbor_fn.allocate(R)
+    state = init(jax.random.PRNGKey(0), R, kT=0.0, mass=masses, momenta=momenta, neighbor=nbrs)
+
+    @jax.jit
+    def chunk(state, nbrs):
+        def step(_, carry):
+            state, nbrs = carry
+            state = apply(state, neighbor=nbrs)
+            return state, nbrs.update(state.position)
+
+        state, nbrs = jax.lax.fori_loop(0, args.sample_every, step, (state, nbrs))
+        kinetic = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
+        return state, nbrs, system.energy_fn(state.position, neighbor=nbrs) + kinetic
+
+    def total(state, nbrs):
+        kinetic = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
+        return float(system.energy_fn(state.position, neighbor=nbrs) + kinetic)
+
+    times, energies = [0.0], [total(state, nbrs)]
+    jax.block_until_ready(chunk(state, nbrs))  # compile outside the timing
+    regrown, done = 0, 0
+    t0 = time.perf_counter()
+    while done < args.steps:
+        new_state, new_nbrs, energy = chunk(state, nbrs)
+        if bool(new_nbrs.did_buffer_overflow):
+            nbrs = system.neighbor_fn.allocate(state.position)
+            regrown += 1
+            continue
+        state, nbrs = new_state, new_nbrs
+        done += args.sample_every
+        times.append(done * args.dt / 1000.0)
+        energies.append(float(energy))
+    seconds = time.perf_counter() - t0
+    return np.array(times), np.array(energies), seconds, {"reallocations": regrown}
+
+
+def fit(times, energies, n_atoms):
+    """Drift (meV/atom/ps) and RMS residual (meV/atom) of E_tot(t)."""
+    per_atom = 1e3 * (energies - energies[0]) / n_atoms
+    if len(times) < 2:
+        return float("nan"), float("nan"), per_atom, np.zeros(2)
+    coef = np.polyfit(times, per_atom, 1)
+    residual = per_atom - np.polyval(coef, times)
+    return float(coef[0]), float(np.sqrt(np.mean(residual**2))), per_atom, coef
+
+
+def plot(results, path: Path, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: no plot (pip install matplotlib to get {path})")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for dtype, r in results.items():
+        (line,) = ax.plot(r["times"], r["per_atom"], lw=0.8, label=f"{dtype}")
+        ax.plot(r["times"], np.polyval(r["coef"], r["times"]), "--", color=line.get_color(),
+                label=f"{dtype} fit: {r['drift']:+.3g} meV/atom/ps")
+    ax.set_xlabel("time (ps)")
+    ax.set_ylabel("E_tot(t) − E_tot(0) (meV/atom)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--engine", choices=["ase", "jax_md"], default="ase")
+    parser.add_argument("--dtypes", nargs="+", choices=["float32", "float64"],
+                        default=["float32", "float64"])
+    parser.add_argument("--time", type=float, default=10.0, help="simulated time (ps)")
+    parser.add_argument("--dt", type=float, default=0.5, help="time step (fs)")
+    parser.add_argument("--temperature", type=float, default=300.0, help="initial K")
+    parser.add_argument("--sample-every", type=int, default=20, help="steps between samples")
+    parser.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin (Å)")
+    parser.add_argument("--data-dir", default=None, help="data directory (default: JAT_DATA_DIR)")
+    parser.add_argument("--index", type=int, default=0, help="EAN configuration")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", default="nve_drift.png", help="PNG path ('' for none)")
+    args = parser.parse_args(argv)
+    args.steps = max(1, round(args.time * 1000.0 / args.dt))
+    if args.sample_every < 1:
+        parser.error("--sample-every must be positive")
+    args.steps = -(-args.steps // args.sample_every) * args.sample_every
+
+    pot, description = load_potential(args)
+    atoms, path = load_ean(args.data_dir, args.index)
+    velocities = initial_velocities(atoms, args.temperature, args.seed)
+    runner = run_ase
+    if args.engine == "jax_md":
+        import jax
+
+        warnings.filterwarnings("ignore", message="Explicitly requested dtype float64")
+        warnings.filterwarnings("ignore", message="scatter inputs have incompatible types")
+        if "float64" in args.dtypes:
+            jax.config.update("jax_enable_x64", True)
+        runner = run_jax_md
+    print(f"potential: {description}")
+    print(f"structure: configuration {args.index} of {path} ({len(atoms)} atoms)")
+    print(f"NVE ({args.engine}): {args.steps} steps of {args.dt} fs = "
+          f"{args.steps * args.dt / 1000:g} ps from {args.temperature} K, sampled every "
+          f"{args.sample_every} steps")
+    results, summary = {}, {}
+    for dtype in args.dtypes:
+        times, energies, seconds, extra = runner(atoms, pot, dtype, args, velocities)
+        drift, rms, per_atom, coef = fit(times, energies, len(atoms))
+        ms = 1e3 * seconds / args.steps
+        results[dtype] = {"times": times, "per_atom": per_atom, "coef": coef, "drift": drift}
+        summary[dtype] = {"drift_meV_per_atom_per_ps": drift, "rms_meV_per_atom": rms,
+                          "ms_per_step": ms, **extra}
+        print(f"{dtype}: drift {drift:+.4g} meV/atom/ps, fluctuation {rms:.3g} meV/atom (RMS "
+              f"about the fit), {ms:.1f} ms/step, {extra}")
+    if args.plot:
+        plot(results, Path(args.plot),
+             f"NVE drift, EAN {len(atoms)} atoms, dt {args.dt} fs ({args.engine})")
+    print(json.dumps({"engine": args.engine, "steps": args.steps, "dt_fs": args.dt,
+                      "results": summary}))
+
+
+if __name__ == "__main__":
+    main()
