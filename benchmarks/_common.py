@@ -96,6 +96,11 @@ def model_specs(names: str | Sequence[str], quick: bool) -> dict[str, ModelSpec]
 # command line, files
 
 
+def ints(text: str) -> list[int]:
+    """A comma-separated list of integers (an argparse type)."""
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",

@@ -41,6 +41,7 @@ from _common import (
     environment,
     fit_exponent,
     fmt,
+    ints,
     median_seconds,
     model_specs,
     n_params,
@@ -173,10 +174,6 @@ def plot(nl: list[dict], rows: list[dict], exponents: dict, path: Path) -> str |
     ax.legend(fontsize=8)
     ax.set_title("energy + forces and neighbour list versus system size")
     return save_figure(fig, path)
-
-
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -51,6 +51,7 @@ from _common import (
     add_common_arguments,
     describe_environment,
     environment,
+    ints,
     model_specs,
     n_params,
     peak_rss_mb,
@@ -200,10 +201,6 @@ def plot(rows: list[dict], path: Path) -> str | None:
             ax.grid(True, which="both", alpha=0.3)
     axes[0, 0].legend()
     return save_figure(fig, path)
-
-
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -29,7 +29,8 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from jat.config import Config, config_to_dict, dump_config, load_config
-from jat.data.readers import read_structures
+from jat.data.readers import detect_format, read_structures
+from jat.data.readers import resolve_path as resolve_data_file
 from jat.data.structure import Structure
 from jat.potential import Potential, _precision
 from jat.training import checkpoint, optim, steps
@@ -59,15 +60,11 @@ class TrainResult:
 
 
 def _format_of(path: str, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    suffix = Path(path).suffix.lower()
-    return {".h5": "ani1", ".hdf5": "ani1", ".jsonl": "neuralil", ".npz": "md17"}.get(
-        suffix, "ase"
-    )
+    """The reader format of an expanded configured path (``data.format``, or detected)."""
+    return fmt if fmt != "auto" else detect_format(resolve_data_file(path))
 
 
-def resolve_path(path: str) -> str:
+def expand_path(path: str) -> str:
     """``$JAT_DATA_DIR`` in a configured path stands for :func:`jat.data.data_dir` (the variable
     when set, else ``../shared/data``); ``~`` and other environment variables expand too."""
     from jat.data import data_dir
@@ -82,7 +79,7 @@ def resolve_path(path: str) -> str:
 def read_files(paths: Sequence[str], cfg: Config) -> list[Structure]:
     """All structures of ``paths`` with the reader options that apply to each file's format."""
     out: list[Structure] = []
-    for path in map(resolve_path, paths):
+    for path in map(expand_path, paths):
         fmt = _format_of(path, cfg.data.format)
         options: dict[str, Any] = {}
         if fmt == "ani1":
@@ -104,7 +101,8 @@ def load_splits(cfg: Config) -> tuple[dict[str, list[Structure]], dict[str, list
         raise ValueError(f"no structures in {list(cfg.data.train)}")
     by = cfg.data.split.by
     if by == "auto":
-        is_ani1 = all(_format_of(p, cfg.data.format) == "ani1" for p in cfg.data.train)
+        formats = [_format_of(expand_path(p), cfg.data.format) for p in cfg.data.train]
+        is_ani1 = all(f == "ani1" for f in formats)
         by = "molecule" if is_ani1 else "configuration"
     val_given = cfg.data.validation is not None
     test_given = cfg.data.test is not None
@@ -433,10 +431,6 @@ class _Run:
         return {"energy_mae": "energy_atom_mae"}.get(monitor, monitor)
 
 
-def _resolve_precision(cfg: Config):
-    return _precision(cfg.model.dtype)
-
-
 def train(
     config: Config | None = None,
     *,
@@ -458,7 +452,7 @@ def train(
         cfg = config if config is not None else load_config(None)
         run_dir = _new_run_dir(cfg)
     out = progress or Progress(cfg.logging.progress)
-    with _resolve_precision(cfg):
+    with _precision(cfg.model.dtype):
         return _train(cfg, run_dir, resume is not None, out, hooks or {})
 
 
@@ -610,8 +604,7 @@ def _finish(run: _Run, run_dir: Path, prog: dict, stop_reason: str, logger, out)
             figures = describe(summary[name])
             out.message(f"{name} (best model, epoch {prog['best_epoch']}): {figures}")
     out.message(
-        f"best model saved in {run_dir / 'best'}; load it with "
-        f"jat.Potential.load({str(run_dir)!r})"
+        f"best model saved in {run_dir / 'best'}; load it with jat.Potential.load({str(run_dir)!r})"
     )
     if logger:
         final = {

@@ -79,19 +79,28 @@ def errors(module, params, scale, batch, forces: bool):
     return de / batch["n_atoms"], de, df
 
 
-def loss_terms(spec: LossSpec, de_atom, df, batch):
-    """Weighted mean log-cosh of the energy per atom and of force components (real ones only)."""
-    terms = {}
+def force_weights(batch) -> jax.Array:
+    """(B, N) weight of each atom's force: 1 for real atoms of labelled, real structures."""
+    return (batch["species"] >= 0) * batch["forces_weight"][:, None]
+
+
+def loss_sums(spec: LossSpec, de_atom, df, batch) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Per trained term, the summed log-cosh and the number of values it sums (energies per
+    atom of real structures, force components of real atoms)."""
+    sums = {}
     if spec.energy_weight > 0:
         w = batch["energy_weight"]
-        terms["energy"] = jnp.sum(w * log_cosh(de_atom, spec.energy_alpha)) / jnp.maximum(
-            w.sum(), 1.0
-        )
-    if spec.forces_weight > 0:
-        atom = (batch["species"] >= 0) * batch["forces_weight"][:, None]
+        sums["energy"] = (jnp.sum(w * log_cosh(de_atom, spec.energy_alpha)), w.sum())
+    if spec.forces_weight > 0 and df is not None:
+        atom = force_weights(batch)
         per_atom = log_cosh(df, spec.forces_alpha).sum(axis=-1)
-        terms["forces"] = jnp.sum(atom * per_atom) / jnp.maximum(3.0 * atom.sum(), 1.0)
-    return terms
+        sums["forces"] = (jnp.sum(atom * per_atom), 3.0 * atom.sum())
+    return sums
+
+
+def loss_terms(spec: LossSpec, de_atom, df, batch):
+    """Weighted mean log-cosh of the energy per atom and of force components (real ones only)."""
+    return {k: s / jnp.maximum(n, 1.0) for k, (s, n) in loss_sums(spec, de_atom, df, batch).items()}
 
 
 def total_loss(spec: LossSpec, terms) -> jax.Array:
@@ -111,7 +120,7 @@ def error_sums(de_atom, de, df, batch) -> dict[str, jax.Array]:
         "energy_atom_sq": jnp.sum(w * de_atom**2),
     }
     if df is not None:
-        atom = (batch["species"] >= 0) * batch["forces_weight"][:, None]
+        atom = force_weights(batch)
         out["n_forces"] = 3.0 * atom.sum()
         out["forces_abs"] = jnp.sum(atom[..., None] * jnp.abs(df))
         out["forces_sq"] = jnp.sum(atom[..., None] * df**2)
@@ -146,13 +155,8 @@ def eval_step(module, spec: LossSpec, forces: bool, params, scale, batch):
     depend on how a data set is cut into batches."""
     de_atom, de, df = errors(module, params, scale, batch, forces)
     sums = error_sums(de_atom, de, df, batch)
-    if spec.energy_weight > 0:
-        sums["loss_energy_sum"] = jnp.sum(
-            batch["energy_weight"] * log_cosh(de_atom, spec.energy_alpha)
-        )
-    if spec.forces_weight > 0 and df is not None:
-        atom = (batch["species"] >= 0) * batch["forces_weight"][:, None]
-        sums["loss_forces_sum"] = jnp.sum(atom * log_cosh(df, spec.forces_alpha).sum(axis=-1))
+    for key, (total, _) in loss_sums(spec, de_atom, df, batch).items():
+        sums[f"loss_{key}_sum"] = total
     return sums
 
 
