@@ -35,6 +35,7 @@ import numpy as np
 
 import jat
 from jat.data import data_dir
+from jat.runtime import huge_pages_enabled
 from jat.training import optim, steps
 from jat.training.dataset import Dataset, build_dataset, choose_buckets
 from jat.training.splits import fit_energy_reference
@@ -153,6 +154,7 @@ def environment() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "jax": jax.__version__,
         "python": platform.python_version(),
+        "huge_pages": huge_pages_enabled(),
     }
 
 
@@ -160,6 +162,7 @@ def describe_environment(env: dict[str, Any]) -> str:
     return (
         f"{env['processor']}, {env['usable_cores']}/{env['cpu_count']} usable CPU cores, "
         f"jax {env['jax']} on {env['device']}"
+        + (", huge pages" if env.get("huge_pages") else "")
     )
 
 

@@ -131,4 +131,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from jat.runtime import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # before any work: see jat.runtime
     sys.exit(main())

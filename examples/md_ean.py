@@ -135,18 +135,11 @@ def run_jax_md(atoms, pot, args, out: Path) -> None:
     state = init(jax.random.PRNGKey(args.seed), R, mass=masses,
                  momenta=velocities * masses[:, None], neighbor=nbrs)
 
-    @jax.jit
-    def chunk(state, nbrs):
-        def step(_, carry):
-            state, nbrs = carry
-            state = apply(state, neighbor=nbrs)
-            return state, nbrs.update(state.position)
-
-        state, nbrs = jax.lax.fori_loop(0, args.interval, step, (state, nbrs))
+    def observe(state, nbrs):
         energy = system.energy_fn(state.position, neighbor=nbrs)
-        temperature = quantity.temperature(momentum=state.momentum, mass=state.mass)
-        return state, nbrs, energy, temperature
+        return energy, quantity.temperature(momentum=state.momentum, mass=state.mass)
 
+    chunk = jat.md.make_chunk(apply, args.interval, observe)
     path = out / "jax_md_nose_hoover.traj"
     traj = Trajectory(path, "w")
     print(f"\n[jax_md] Nosé-Hoover chain, tau {args.tau} fs, {args.dtype}, skin {args.skin} Å, "
@@ -154,12 +147,10 @@ def run_jax_md(atoms, pot, args, out: Path) -> None:
     done, regrown = 0, 0
     while done < args.steps:
         t0 = time.perf_counter()
-        new_state, new_nbrs, energy, temperature = chunk(state, nbrs)
-        if bool(new_nbrs.did_buffer_overflow):  # grow on the host, redo the chunk
-            nbrs = system.neighbor_fn.allocate(state.position)
-            regrown += 1
-            continue
-        state, nbrs = new_state, new_nbrs
+        state, nbrs, (energy, temperature), again = jat.md.run_chunk(
+            chunk, state, nbrs, system.neighbor_fn
+        )
+        regrown += again
         jax.block_until_ready(state.position)
         ms = 1e3 * (time.perf_counter() - t0) / args.interval
         done += args.interval
@@ -209,4 +200,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from jat.runtime import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # before any work: see jat.runtime
     main()

@@ -64,32 +64,18 @@ def run_jax_md(atoms, pot, dtype, args, velocities):
     nbrs = system.neighbor_fn.allocate(R)
     state = init(jax.random.PRNGKey(0), R, kT=0.0, mass=masses, momenta=momenta, neighbor=nbrs)
 
-    @jax.jit
-    def chunk(state, nbrs):
-        def step(_, carry):
-            state, nbrs = carry
-            state = apply(state, neighbor=nbrs)
-            return state, nbrs.update(state.position)
-
-        state, nbrs = jax.lax.fori_loop(0, args.sample_every, step, (state, nbrs))
-        kinetic = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
-        return state, nbrs, system.energy_fn(state.position, neighbor=nbrs) + kinetic
-
     def total(state, nbrs):
         kinetic = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
-        return float(system.energy_fn(state.position, neighbor=nbrs) + kinetic)
+        return system.energy_fn(state.position, neighbor=nbrs) + kinetic
 
-    times, energies = [0.0], [total(state, nbrs)]
+    chunk = jat.md.make_chunk(apply, args.sample_every, observe=total)
+    times, energies = [0.0], [float(jax.jit(total)(state, nbrs))]
     jax.block_until_ready(chunk(state, nbrs))  # compile outside the timing
     regrown, done = 0, 0
     t0 = time.perf_counter()
     while done < args.steps:
-        new_state, new_nbrs, energy = chunk(state, nbrs)
-        if bool(new_nbrs.did_buffer_overflow):
-            nbrs = system.neighbor_fn.allocate(state.position)
-            regrown += 1
-            continue
-        state, nbrs = new_state, new_nbrs
+        state, nbrs, energy, again = jat.md.run_chunk(chunk, state, nbrs, system.neighbor_fn)
+        regrown += again
         done += args.sample_every
         times.append(done * args.dt / 1000.0)
         energies.append(float(energy))
@@ -187,4 +173,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from jat.runtime import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # before any work: see jat.runtime
     main()

@@ -77,4 +77,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from jat.runtime import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # before any work: see jat.runtime
     main()

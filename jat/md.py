@@ -14,17 +14,9 @@ function on the device::
     state = init(jax.random.PRNGKey(0), system.positions, kT=300 * units.kB,
                  mass=system.masses, neighbor=nbrs)
 
-    @jax.jit
-    def run(state, nbrs):                                # 100 steps in one compiled call
-        def step(_, carry):
-            state, nbrs = carry
-            state = apply(state, neighbor=nbrs)
-            return state, nbrs.update(state.position)
-        return jax.lax.fori_loop(0, 100, step, (state, nbrs))
-
-    state, nbrs = run(state, nbrs)
-    if nbrs.did_buffer_overflow:                        # grow on the host and redo the chunk
-        nbrs = system.neighbor_fn.allocate(state.position)
+    chunk = jat.md.make_chunk(apply, 100)              # 100 steps in one compiled call
+    for _ in range(10):                                  # overflow: re-allocated and redone
+        state, nbrs, _, _ = jat.md.run_chunk(chunk, state, nbrs, system.neighbor_fn)
 
 Units are ASE's: Å, eV, amu, and time in Å·sqrt(amu/eV) (``ase.units.fs`` ≈ 0.0982 of it), so
 ``dt = 0.5 * ase.units.fs`` and ``kT = T * ase.units.kB``.
@@ -49,8 +41,12 @@ the structure into that standard orientation when needed and keeps the rotation
   unwrapped positions (``shift_fn`` never wraps); rebuilt inside jit when an atom moved more than
   skin/2 or the box changed. Needs no jax-md (only ``jax_md.simulate`` for the integrators).
 
-In both, the model sees only the edges shorter than the cutoff (longer ones are masked), in
-receiver order. For a float64 potential enable x64 (``jax.config.update("jax_enable_x64",
+In both, the edges shorter than the cutoff at the current positions are compacted into a static
+number of slots (their count at allocation plus 20 %, on a ladder of sizes), so the model costs
+what it costs on a list without skin; ``nbrs.update`` raises the overflow flag when they no
+longer fit, and energy and forces are NaN rather than missing an edge.
+
+For a float64 potential enable x64 (``jax.config.update("jax_enable_x64",
 True)``, or run inside ``with jax.enable_x64(True):``); the energy function refuses to trace a
 float64 potential without it.
 """
@@ -69,8 +65,10 @@ from ase.data import chemical_symbols
 
 from jat import graph
 from jat.graph._common import heights
+from jat.graph.neighbors import _bucket as _capacity_bucket
 
-DEFAULT_SKIN = 0.5  # Å; the model runs on every listed edge (masked), so keep the list tight
+DEFAULT_SKIN = 0.5  # Å
+MODEL_HEADROOM = 1.2  # model edge slots over the edges within the cutoff at allocation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,35 +210,57 @@ def _check_x64(potential) -> None:
 
 
 def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
-    """energy(vectors, senders, receivers, mask): the model on a masked, unsorted edge list.
+    """energy(vector_fn, senders, receivers, mask, capacity, ordered): the model on a list.
 
-    Edges with mask False or length >= cutoff are dropped; the rest are sorted by receiver (the
-    models' segment operations expect sorted receivers); dropped edges point at atom N.
+    The list (E,) holds every pair within cutoff + skin at its build; ``vector_fn(idx)`` gives
+    the edge vectors r_j − r_i of the list entries ``idx``. The entries shorter than the cutoff
+    now are compacted into ``capacity`` (static) slots, keeping their order, so the model runs on
+    about the edges within the cutoff rather than on the whole list. ``ordered``: the receivers
+    are already sorted (else they are sorted first, as the models' segment operations expect).
+    More than ``capacity`` such edges cannot be described: energy and forces are NaN then (never
+    a silent drop), and the neighbour list's ``update`` has raised its overflow flag.
     """
     module = potential.module
     cutoff = potential.cutoff
     n = len(species_idx)
 
-    def energy(vectors, senders, receivers, mask):
+    def energy(vector_fn, senders, receivers, mask, capacity: int, ordered: bool = True):
         _check_x64(potential)
         dt = jnp.dtype(potential.dtype)
         params = jax.tree.map(lambda x: jnp.asarray(x, dt), potential.params)
         scale = jnp.asarray(potential.energy_scale, dt)
         shift = jnp.asarray(potential.energy_shift, dt)
         species = jnp.asarray(species_idx, jnp.int32)
-        vectors = vectors.astype(dt)
-        within = mask & (jnp.sum(vectors * vectors, axis=-1) < cutoff * cutoff)
-        key = jnp.where(within, receivers, n)
-        order = jnp.argsort(key, stable=True)
-        receivers = key[order]
-        senders = jnp.where(within, senders, n)[order]
-        within = within[order]
-        vectors = jnp.where(within[:, None], vectors[order], 0.0)
-        y = module.apply(params, species, vectors, senders, receivers, within)
+        everything = jnp.arange(senders.shape[0])
+        within = _within(vector_fn(everything), mask, cutoff)
+        if not ordered:
+            order = jnp.argsort(jnp.where(within, receivers, n), stable=True)
+            senders, receivers, within = senders[order], receivers[order], within[order]
+            everything = order
+        count = jnp.sum(within, dtype=jnp.int32)
+        (idx,) = jnp.nonzero(within, size=capacity, fill_value=0)
+        valid = jnp.arange(capacity) < count
+        vectors = jnp.where(valid[:, None], vector_fn(everything[idx]).astype(dt), 0.0)
+        y = module.apply(
+            params, species, vectors, jnp.where(valid, senders[idx], n),
+            jnp.where(valid, receivers[idx], n), valid,
+        )
         e = y * scale[species] + shift[species]
+        e = e * jnp.where(count > capacity, jnp.nan, 1.0).astype(dt)
         return e if per_atom else jnp.sum(e)
 
     return energy
+
+
+def _within(vectors, mask, cutoff: float):
+    """Listed pairs shorter than ``cutoff`` now (no gradient flows through the test)."""
+    vectors = jax.lax.stop_gradient(vectors)
+    return mask & (jnp.sum(vectors * vectors, axis=-1) < cutoff * cutoff)
+
+
+def _model_capacity(count: int, extra: int = 0) -> int:
+    """Static model edge slots for ``count`` edges within the cutoff (headroom for motion)."""
+    return _capacity_bucket(max(count, 1) * MODEL_HEADROOM + extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,33 +316,69 @@ def _jax_md_backend(potential, model, box, fractional, skin, format, multiplier,
         fractional_coordinates=fractional,
         format=kind,
     )
-
-    def allocate(R, extra_capacity: int = 0, **kwargs):
-        return _plain_static_fields(fns.allocate(R, extra_capacity, **kwargs))
-
-    def update(R, neighbors, **kwargs):
-        return fns.update(R, _plain_static_fields(neighbors), **kwargs)
-
-    neighbor_fn = partition.NeighborListFns(allocate, update)
+    cutoff = potential.cutoff
+    ratio = (cutoff / reach) ** 3  # expected share of the listed pairs within the cutoff
     disp_keys = ("box", "new_box", "perturbation")
 
-    def energy_fn(R, neighbor, **kwargs):
-        """Energy (eV) of positions R (N, 3) with a JAX-MD neighbour list ``neighbor``."""
-        extra = {k: kwargs[k] for k in disp_keys if k in kwargs}
-        d = functools.partial(displacement, **extra)
+    def edges(R, neighbor, kwargs):
+        """(vector_fn, senders, receivers, mask, ordered, capacity) of a JAX-MD list."""
+        d = functools.partial(displacement, **{k: kwargs[k] for k in disp_keys if k in kwargs})
         n = R.shape[0]
         idx = neighbor.idx
+        ordered = True
         if neighbor.format is partition.Dense:
             receivers = jnp.repeat(jnp.arange(n, dtype=idx.dtype), idx.shape[1])
             senders = idx.reshape(-1)
         elif neighbor.format is partition.OrderedSparse:  # one direction per pair: add the other
             receivers = jnp.concatenate([idx[0], idx[1]])
             senders = jnp.concatenate([idx[1], idx[0]])
-        else:
-            receivers, senders = idx[0], idx[1]
+            ordered = False
+        else:  # Sparse: idx[1] is the centre, in ascending order; idx[0] its neighbour
+            receivers, senders = idx[1], idx[0]
         mask = (receivers < n) & (senders < n)
-        vectors = jax.vmap(d)(R[senders], R[receivers])  # r_j - r_i
-        return model(vectors, senders, receivers, mask)
+
+        def vector_fn(k):
+            return jax.vmap(d)(R[senders[k]], R[receivers[k]])  # r_j - r_i
+
+        listed = senders.shape[0]  # more slots than listed pairs would only cost time
+        capacity = min(_capacity_bucket(listed * ratio), listed)
+        if listed >= n * (n - 1):  # every pair listed (small systems): the list can grow no more
+            capacity = listed
+        return vector_fn, senders, receivers, mask, ordered, capacity
+
+    def count_within(R, neighbor, kwargs):
+        vector_fn, senders, _, mask, _, capacity = edges(R, neighbor, kwargs)
+        within = _within(vector_fn(jnp.arange(senders.shape[0])), mask, cutoff)
+        return jnp.sum(within, dtype=jnp.int32), capacity
+
+    def allocate(R, extra_capacity: int = 0, **kwargs):
+        """Host: jax-md's allocation, with room for the model's edges within the cutoff."""
+        n = np.shape(R)[0]
+        for _ in range(16):
+            nbrs = _plain_static_fields(fns.allocate(R, extra_capacity, **kwargs))
+            count, capacity = count_within(R, nbrs, kwargs)
+            need = int(count) * MODEL_HEADROOM
+            listed = edges(R, nbrs, {})[1].shape[0]
+            if capacity >= min(need, listed):
+                return nbrs
+            extra_capacity += int(np.ceil((need / ratio - listed) / n)) + 1
+        raise RuntimeError(  # pragma: no cover - jax-md ignoring extra_capacity
+            f"could not allocate room for {need:.0f} model edges (have {capacity})"
+        )
+
+    def update(R, neighbors, **kwargs):
+        nbrs = fns.update(R, _plain_static_fields(neighbors), **kwargs)
+        count, capacity = count_within(R, nbrs, kwargs)
+        return dataclasses.replace(
+            nbrs, error=nbrs.error.update(partition.PEC.NEIGHBOR_LIST_OVERFLOW, count > capacity)
+        )
+
+    neighbor_fn = partition.NeighborListFns(allocate, update)
+
+    def energy_fn(R, neighbor, **kwargs):
+        """Energy (eV) of positions R (N, 3) with a JAX-MD neighbour list ``neighbor``."""
+        vector_fn, senders, receivers, mask, ordered, capacity = edges(R, neighbor, kwargs)
+        return model(vector_fn, senders, receivers, mask, capacity, ordered)
 
     return MDFunctions(energy_fn, neighbor_fn, displacement, shift, box)
 
@@ -357,13 +413,14 @@ def _plain_static_fields(nbrs):
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["senders", "receivers", "shifts", "mask", "reference", "box", "overflow"],
-    meta_fields=["spec", "update_fn"],
+    meta_fields=["spec", "capacity", "update_fn"],
 )
 @dataclasses.dataclass(frozen=True)
 class JatNeighborList:
     """A jat neighbour list with JAX-MD's interface: ``update(R)`` (jittable) rebuilds it when an
     atom moved more than skin / 2 since ``reference`` or the box changed; ``did_buffer_overflow``
-    says a static bound was exceeded (allocate again on the host)."""
+    says a static bound was exceeded (the list's, or the ``capacity`` of model edges within the
+    cutoff at a position it was updated to): allocate again on the host."""
 
     senders: jax.Array
     receivers: jax.Array
@@ -373,6 +430,7 @@ class JatNeighborList:
     box: jax.Array  # (3, 3) box at the last build (zeros in free space)
     overflow: jax.Array
     spec: graph.NeighborSpec
+    capacity: int  # model edge slots (edges within the cutoff)
     update_fn: Callable
 
     def update(self, R, **kwargs) -> JatNeighborList:
@@ -413,7 +471,8 @@ def _jat_backend(potential, model, box, skin, n_atoms):
 
     build_jit = jax.jit(build, static_argnums=2)
 
-    def allocate(R, **kwargs) -> JatNeighborList:
+    def allocate(R, extra_capacity: int = 0, **kwargs) -> JatNeighborList:
+        """Host: fits the static sizes to R; ``extra_capacity`` more model slots per atom."""
         R = jnp.asarray(R)
         if R.shape != (n_atoms, 3):
             raise ValueError(f"positions must have shape ({n_atoms}, 3), got {R.shape}")
@@ -421,10 +480,27 @@ def _jat_backend(potential, model, box, skin, n_atoms):
         cell = np.asarray(b, np.float64).T if periodic else None
         spec = graph.allocate(np.asarray(R, np.float64), reach, cell=cell, pbc=pbc)
         nbrs = build_jit(R, b, spec)
-        return JatNeighborList(
-            nbrs.senders, nbrs.receivers, nbrs.shifts, nbrs.mask, R, b, nbrs.overflow, spec,
+        nbrs = JatNeighborList(
+            nbrs.senders, nbrs.receivers, nbrs.shifts, nbrs.mask, R, b, nbrs.overflow, spec, 0,
             update,
         )
+        count = int(count_jit(R, nbrs, b))
+        return dataclasses.replace(nbrs, capacity=_model_capacity(count, extra_capacity * n_atoms))
+
+    def vector_fn(R, neighbor, b, kwargs):
+        s, r, shifts = neighbor.senders, neighbor.receivers, neighbor.shifts
+
+        def vectors(k):
+            v = R[s[k]] - R[r[k]] + shifts[k].astype(R.dtype) @ b.T
+            return _perturb(v, kwargs["perturbation"]) if "perturbation" in kwargs else v
+
+        return vectors
+
+    def count_within(R, neighbor, b, kwargs=None):
+        vectors = vector_fn(R, neighbor, b, kwargs or {})(jnp.arange(neighbor.senders.shape[0]))
+        return jnp.sum(_within(vectors, neighbor.mask, potential.cutoff), dtype=jnp.int32)
+
+    count_jit = jax.jit(count_within)
 
     def update(R, neighbors: JatNeighborList, **kwargs) -> JatNeighborList:
         b = current_box(R, kwargs)
@@ -444,16 +520,17 @@ def _jat_backend(potential, model, box, skin, n_atoms):
                 overflow=neighbors.overflow | nbrs.overflow,
             )
 
-        return jax.lax.cond(stale, rebuild, lambda _: neighbors, None)
+        nbrs = jax.lax.cond(stale, rebuild, lambda _: neighbors, None)
+        full = count_within(R, nbrs, b) > nbrs.capacity
+        return dataclasses.replace(nbrs, overflow=nbrs.overflow | full)
 
     def energy_fn(R, neighbor: JatNeighborList, **kwargs):
         """Energy (eV) of Cartesian positions R (N, 3) with a jat neighbour list."""
         b = current_box(R, kwargs)
-        s, r = neighbor.senders, neighbor.receivers
-        vectors = R[s] - R[r] + neighbor.shifts.astype(R.dtype) @ b.T
-        if "perturbation" in kwargs:
-            vectors = _perturb(vectors, kwargs["perturbation"])
-        return model(vectors, s, r, neighbor.mask)
+        return model(
+            vector_fn(R, neighbor, b, kwargs), neighbor.senders, neighbor.receivers,
+            neighbor.mask, neighbor.capacity,
+        )
 
     def displacement(Ra, Rb, **kwargs):
         d = Ra - Rb
@@ -474,6 +551,59 @@ def _jat_backend(potential, model, box, skin, n_atoms):
 def _perturb(vectors, perturbation):
     p = jnp.asarray(perturbation)
     return vectors * p if p.ndim < 2 else vectors @ p.T
+
+
+# ---------------------------------------------------------------------------------------------
+# Running: jitted chunks of steps, overflow handled on the host
+
+
+def make_chunk(apply_fn: Callable, steps: int, observe: Callable | None = None) -> Callable:
+    """A jitted ``chunk(state, nbrs) -> (state, nbrs, observation)`` advancing ``steps`` steps.
+
+    ``apply_fn(state, neighbor=nbrs)`` is a JAX-MD integrator step (``simulate.nve``'s apply,
+    ...); the list is updated to the new positions after every step, so its overflow flag
+    covers every position the forces were evaluated at. ``observe(state, nbrs)`` (traced) is
+    evaluated at the end of the chunk; without it the observation is None.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+    @jax.jit
+    def chunk(state, nbrs):
+        def step(_, carry):
+            state, nbrs = carry
+            state = apply_fn(state, neighbor=nbrs)
+            return state, nbrs.update(state.position)
+
+        state, nbrs = jax.lax.fori_loop(0, steps, step, (state, nbrs))
+        return state, nbrs, (None if observe is None else observe(state, nbrs))
+
+    return chunk
+
+
+def run_chunk(chunk: Callable, state, nbrs, neighbor_fn, max_retries: int = 8):
+    """Host: one ``chunk`` (from :func:`make_chunk`) that never keeps an overflowed result.
+
+    If the list (or the model's edge capacity) overflowed during the chunk, the result is
+    dropped, the list is allocated again where the chunk ended (room for the denser
+    configuration; at its start if the end is not finite; with 2 more slots per atom at each
+    further attempt), brought back to the chunk's start positions, and the chunk is redone.
+
+    Returns (state, nbrs, observation, reallocations).
+    """
+    for attempt in range(max_retries + 1):
+        new_state, new_nbrs, observation = chunk(state, nbrs)
+        if not bool(new_nbrs.did_buffer_overflow):
+            return new_state, new_nbrs, observation, attempt
+        at = new_state.position
+        if not bool(jnp.all(jnp.isfinite(at))):  # NaN forces after a model-slot overflow
+            at = state.position
+        fresh = neighbor_fn.allocate(at, extra_capacity=2 * attempt)
+        nbrs = neighbor_fn.update(state.position, fresh)
+    raise RuntimeError(
+        f"the neighbour list still overflowed after {max_retries} reallocations: the system is "
+        "probably collapsing or exploding (check the time step and the potential)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,5 +705,7 @@ __all__ = [
     "cell_from_box",
     "jax_md_energy_fn",
     "jax_md_system",
+    "make_chunk",
+    "run_chunk",
     "standard_form",
 ]

@@ -73,4 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from jat.runtime import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # before any work: see jat.runtime
     sys.exit(main())

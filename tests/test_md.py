@@ -3,6 +3,8 @@ cells, Cartesian and fractional coordinates, both neighbour lists) and drive a j
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,23 +157,49 @@ def test_jitted_nve_loop(neighbor_list):
             kinetic = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
             return system.energy_fn(state.position, neighbor=nbrs) + kinetic
 
-        @jax.jit
-        def run(state, nbrs):
-            def step(_, carry):
-                state, nbrs = carry
-                state = apply(state, neighbor=nbrs)
-                return state, nbrs.update(state.position)
-
-            return jax.lax.fori_loop(0, 10, step, (state, nbrs))
-
+        chunk = jat.md.make_chunk(apply, 10, observe=total)
         e0 = float(total(state, nbrs))
-        state, nbrs = run(state, nbrs)
+        state, nbrs, e1_traced, again = jat.md.run_chunk(chunk, state, nbrs, system.neighbor_fn)
+        assert again == 0
         assert not bool(nbrs.did_buffer_overflow)
         assert state.position.dtype == jnp.float64
         e1 = float(total(state, nbrs))
         moved = np.abs(np.asarray(state.position - R)).max()
+    assert e1 == pytest.approx(float(e1_traced), rel=1e-12)
     assert moved > 1e-3
     assert abs(e1 - e0) < 1e-3
+
+
+def test_model_edges_compacted_and_overflow_flagged():
+    """The model runs on the edges within the cutoff, compacted into ``nbrs.capacity`` slots;
+    too few slots give NaN energy and forces and a raised overflow flag, never a silent drop,
+    and ``run_chunk`` re-allocates and redoes the chunk."""
+    simulate = pytest.importorskip("jax_md.simulate")
+    pot = potential("jat")
+    atoms = _orthorhombic()
+    with jax.enable_x64(True):
+        system = jat.md.jax_md_system(pot, atoms, neighbor_list="jat")
+        R = jnp.asarray(system.positions)
+        good = system.neighbor_fn.allocate(R)
+        within = int(jnp.sum(good.mask & (jnp.linalg.norm(
+            R[good.senders] - R[good.receivers] + good.shifts @ system.box.T, axis=-1
+        ) < pot.cutoff)))
+        assert within <= good.capacity < int(good.mask.sum())  # fewer slots than listed pairs
+        small = dataclasses.replace(good, capacity=within - 20)  # pairs near the cutoff move
+        energy, grad = jax.value_and_grad(system.energy_fn)(R, neighbor=small)
+        assert np.isnan(float(energy)) and np.isnan(np.asarray(grad)).all()
+        assert bool(small.update(R).did_buffer_overflow)
+        assert not bool(good.update(R).did_buffer_overflow)
+
+        init, apply = simulate.nve(system.energy_fn, system.shift_fn, dt=0.5 * units.fs)
+        state = init(jax.random.PRNGKey(0), R, kT=300 * units.kB,
+                     mass=jnp.asarray(system.masses), neighbor=good)
+        chunk = jat.md.make_chunk(apply, 5)
+        ref, _, _, again = jat.md.run_chunk(chunk, state, good, system.neighbor_fn)
+        assert again == 0
+        out, nbrs, _, again = jat.md.run_chunk(chunk, state, small, system.neighbor_fn)
+        assert again == 1 and nbrs.capacity >= within
+        np.testing.assert_allclose(np.asarray(out.position), np.asarray(ref.position), atol=1e-12)
 
 
 def test_jax_md_lists_compare_inside_jit():
