@@ -1,7 +1,8 @@
 """MD step time: bare energy + forces, the ASE calculator, and the jitted JAX-MD loop (EAN box).
 
     python benchmarks/md_step.py [--data-dir DIR] [--out DIR] [--models jat,schnet]
-                                 [--potential RUN_DIR ...] [--sizes 1,4] [--steps 40] [--quick]
+                                 [--potential RUN_DIR ...] [--sizes 1,4] [--steps 40]
+                                 [--paths bare,ase,jax_md] [--quick]
 
 For each model and size (the first EAN configuration replicated n×n×n: 225·n³ atoms), in
 float32, each case in its own child process (so its peak RSS is its own):
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", type=ints, default=[1, 4], help="replications n")
     parser.add_argument("--steps", type=int, default=40, help="timed steps at 225 atoms "
                         "(divided by n³ for larger boxes, at least 3)")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of "
+                        f"{','.join(PATHS)}")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
@@ -191,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     if args.quick:
         args.sizes, args.steps = [1], 4
+    paths = [p for p in args.paths.split(",") if p]
+    if not paths or any(p not in PATHS for p in paths):
+        parser.error(f"--paths: choose from {','.join(PATHS)}")
     root, out = resolve_dirs(args)
     require(root / EAN_FILE)
     if args.potential:
@@ -209,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, potential in models:
         for n in args.sizes:
             steps = max(3, args.steps // n**3)
-            for path in PATHS:
+            for path in paths:
                 case = {"model": name, "potential": potential, "n": n, "path": path,
                         "steps": steps, "quick": args.quick, "data_dir": str(root)}
                 row = child(case)

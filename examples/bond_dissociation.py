@@ -20,7 +20,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-from md_ean import add_model_arguments, load_ean, load_potential
+from md_ean import (
+    add_model_arguments,
+    add_structure_arguments,
+    load_ean,
+    load_potential,
+    pyplot,
+    save_figure,
+)
 
 
 def find_bond(atoms, anion: int) -> tuple[int, int, np.ndarray]:
@@ -45,13 +52,8 @@ def find_bond(atoms, anion: int) -> tuple[int, int, np.ndarray]:
 
 
 def plot(r, energy, force, numeric, path: Path, title: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"matplotlib is not installed: no plot (pip install matplotlib to get {path})")
+    plt = pyplot(path)
+    if plt is None:
         return
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True)
     ax1.plot(r, energy - energy.min(), "o-", ms=3)
@@ -63,17 +65,13 @@ def plot(r, energy, force, numeric, path: Path, title: str) -> None:
     ax2.set_xlabel("N–O distance r (Å)")
     ax2.set_ylabel("force along the bond (eV/Å)")
     ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
-    parser.add_argument("--data-dir", default=None, help="data directory (default: JAT_DATA_DIR)")
-    parser.add_argument("--index", type=int, default=0, help="EAN configuration")
+    add_structure_arguments(parser)
     parser.add_argument("--anion", type=int, default=0, help="which nitrate (0 = the first)")
     parser.add_argument("--start", type=float, default=1.0, help="first N–O distance (Å)")
     parser.add_argument("--stop", type=float, default=3.0, help="last N–O distance (Å)")

@@ -37,6 +37,33 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a freshly initialised JAT (3 x 32, 5 Å): a smoke run, no physics")
 
 
+def add_structure_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None, help="data directory (default: JAT_DATA_DIR)")
+    parser.add_argument("--index", type=int, default=0, help="EAN configuration to start from")
+
+
+def pyplot(path):
+    """matplotlib's pyplot (Agg backend), or None with a note when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: no plot (pip install matplotlib to get {path})")
+        return None
+    return plt
+
+
+def save_figure(fig, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def load_potential(args):
     import jat
 
@@ -168,8 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
     parser.add_argument("--engine", choices=["ase", "jax_md", "both"], default="both")
-    parser.add_argument("--data-dir", default=None, help="data directory (default: JAT_DATA_DIR)")
-    parser.add_argument("--index", type=int, default=0, help="EAN configuration to start from")
+    add_structure_arguments(parser)
     parser.add_argument("--steps", type=int, default=2000, help="MD steps per engine")
     parser.add_argument("--dt", type=float, default=0.5, help="time step (fs)")
     parser.add_argument("--temperature", type=float, default=300.0, help="K")

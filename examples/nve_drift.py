@@ -21,7 +21,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from md_ean import add_model_arguments, initial_velocities, load_ean, load_potential
+from md_ean import (
+    add_model_arguments,
+    add_structure_arguments,
+    initial_velocities,
+    load_ean,
+    load_potential,
+    pyplot,
+    save_figure,
+)
 
 
 def run_ase(atoms, pot, dtype, args, velocities):
@@ -94,13 +102,8 @@ def fit(times, energies, n_atoms):
 
 
 def plot(results, path: Path, title: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"matplotlib is not installed: no plot (pip install matplotlib to get {path})")
+    plt = pyplot(path)
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for dtype, r in results.items():
@@ -111,10 +114,7 @@ def plot(results, path: Path, title: str) -> None:
     ax.set_ylabel("E_tot(t) − E_tot(0) (meV/atom)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=300.0, help="initial K")
     parser.add_argument("--sample-every", type=int, default=20, help="steps between samples")
     parser.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin (Å)")
-    parser.add_argument("--data-dir", default=None, help="data directory (default: JAT_DATA_DIR)")
-    parser.add_argument("--index", type=int, default=0, help="EAN configuration")
+    add_structure_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="nve_drift.png", help="PNG path ('' for none)")
     args = parser.parse_args(argv)
