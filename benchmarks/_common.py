@@ -188,6 +188,27 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def bare_energy_forces(pot: jat.Potential, atoms: Any) -> tuple[Callable[[], Any], int]:
+    """A blocking call of the compiled energy + forces of ``pot``'s network alone, float32, on a
+    fixed, precomputed edge list (positions already on the device): the floor a full evaluation
+    or an MD step cannot beat. Returns (call, number of edges)."""
+    from jat import graph
+
+    nbrs = graph.neighbor_list(atoms.positions, pot.cutoff, cell=atoms.cell[:], pbc=True)
+    species = jnp.asarray(pot._species_indices(atoms.get_chemical_symbols()))
+    shifts = jnp.asarray(np.asarray(nbrs.shifts) @ atoms.cell[:], jnp.float32)
+    positions = jnp.asarray(atoms.positions, jnp.float32)
+    scale = jnp.asarray(pot.energy_scale, jnp.float32)
+
+    def energy(pos):
+        vec = pos[nbrs.senders] - pos[nbrs.receivers] + shifts
+        y = pot.module.apply(pot.params, species, vec, nbrs.senders, nbrs.receivers, nbrs.mask)
+        return jnp.sum(y * scale[species])
+
+    fn = jax.jit(jax.value_and_grad(energy))
+    return lambda: jax.block_until_ready(fn(positions)), int(nbrs.n_edges)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MiB (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

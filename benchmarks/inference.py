@@ -24,14 +24,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+from _common import bare_energy_forces, median_seconds
 
 import jat
 from jat.data import data_dir, read_ean
@@ -47,33 +45,6 @@ NEURALIL_REFERENCE = 3.0  # structures/s of the original NeuralIL on 2 cores (is
 SCHNETPACK_REFERENCE = 6.0  # structures/s of SchNetPack's SchNet on 2 cores (issue figure)
 
 
-def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def model_only_fn(pot, atoms):
-    """Compiled energy+forces of the bare model on a fixed, precomputed edge list."""
-    nbrs = jat.graph.neighbor_list(atoms.positions, CUTOFF, cell=atoms.cell[:], pbc=True)
-    species = jnp.asarray(pot._species_indices(atoms.get_chemical_symbols()))
-    shifts = jnp.asarray(np.asarray(nbrs.shifts) @ atoms.cell[:], jnp.float32)
-    positions = jnp.asarray(atoms.positions, jnp.float32)
-
-    def energy(pos):
-        vec = pos[nbrs.senders] - pos[nbrs.receivers] + shifts
-        y = pot.module.apply(pot.params, species, vec, nbrs.senders, nbrs.receivers, nbrs.mask)
-        return y.sum()
-
-    grad = jax.jit(jax.value_and_grad(energy))
-    return lambda: jax.block_until_ready(grad(positions)), int(nbrs.n_edges)
-
-
 def measure(name: str, frames, repeats: int, batch: int) -> dict:
     model, kwargs = MODELS[name]
     pot = jat.Potential.create(model, SPECIES, CUTOFF, **kwargs)
@@ -82,11 +53,13 @@ def measure(name: str, frames, repeats: int, batch: int) -> dict:
     t0 = time.perf_counter()
     pot.compute(atoms, stress=False)
     compile_s = time.perf_counter() - t0
-    single = median_seconds(lambda: pot.compute(atoms, stress=False), repeats)
-    fn, n_edges = model_only_fn(pot, atoms)
-    model_s = median_seconds(fn, repeats)
+    single = median_seconds(lambda: pot.compute(atoms, stress=False), repeats, warmup=3)
+    fn, n_edges = bare_energy_forces(pot, atoms)
+    model_s = median_seconds(fn, repeats, warmup=3)
     group = [frames[k % len(frames)] for k in range(batch)]
-    batched = median_seconds(lambda: pot.compute_batch(group, stress=False), max(5, repeats // 4))
+    batched = median_seconds(
+        lambda: pot.compute_batch(group, stress=False), max(5, repeats // 4), warmup=3
+    )
     out = {
         "model": name,
         "settings": kwargs,

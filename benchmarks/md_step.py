@@ -38,14 +38,17 @@ import numpy as np
 from _common import (
     EAN_FILE,
     add_common_arguments,
+    bare_energy_forces,
     describe_environment,
     environment,
     ints,
+    median_seconds,
     model_specs,
     peak_rss_mb,
     require,
     resolve_dirs,
     result_stem,
+    timed,
     write_json,
 )
 
@@ -72,33 +75,10 @@ def velocities(atoms, seed: int = 0) -> np.ndarray:
 
 
 def time_bare(pot, atoms, repeats: int) -> dict[str, Any]:
-    import jax
-    import jax.numpy as jnp
-
-    from jat import graph
-
-    nbrs = graph.neighbor_list(atoms.positions, pot.cutoff, cell=atoms.cell[:], pbc=True)
-    species = jnp.asarray(pot._species_indices(atoms.get_chemical_symbols()))
-    shifts = jnp.asarray(np.asarray(nbrs.shifts) @ atoms.cell[:], jnp.float32)
-    positions = jnp.asarray(atoms.positions, jnp.float32)
-    scale = jnp.asarray(pot.energy_scale, jnp.float32)
-
-    def energy(pos):
-        vec = pos[nbrs.senders] - pos[nbrs.receivers] + shifts
-        y = pot.module.apply(pot.params, species, vec, nbrs.senders, nbrs.receivers, nbrs.mask)
-        return jnp.sum(y * scale[species])
-
-    fn = jax.jit(jax.value_and_grad(energy))
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(positions))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(positions))
-        times.append(time.perf_counter() - t0)
-    return {"ms_per_step": 1e3 * statistics.median(times), "compile_s": compile_s,
-            "n_edges": int(nbrs.n_edges)}
+    call, n_edges = bare_energy_forces(pot, atoms)
+    _, compile_s = timed(call)
+    seconds = median_seconds(call, repeats, warmup=0)
+    return {"ms_per_step": 1e3 * seconds, "compile_s": compile_s, "n_edges": n_edges}
 
 
 def time_ase(pot, atoms, steps: int, warmup: int) -> dict[str, Any]:

@@ -347,18 +347,19 @@ def _jax_md_backend(potential, model, box, fractional, skin, format, multiplier,
         return vector_fn, senders, receivers, mask, ordered, capacity
 
     def count_within(R, neighbor, kwargs):
+        """(edges within the cutoff now, model slots, listed pairs) of a JAX-MD list."""
         vector_fn, senders, _, mask, _, capacity = edges(R, neighbor, kwargs)
-        within = _within(vector_fn(jnp.arange(senders.shape[0])), mask, cutoff)
-        return jnp.sum(within, dtype=jnp.int32), capacity
+        listed = senders.shape[0]
+        within = _within(vector_fn(jnp.arange(listed)), mask, cutoff)
+        return jnp.sum(within, dtype=jnp.int32), capacity, listed
 
     def allocate(R, extra_capacity: int = 0, **kwargs):
         """Host: jax-md's allocation, with room for the model's edges within the cutoff."""
         n = np.shape(R)[0]
         for _ in range(16):
             nbrs = _plain_static_fields(fns.allocate(R, extra_capacity, **kwargs))
-            count, capacity = count_within(R, nbrs, kwargs)
+            count, capacity, listed = count_within(R, nbrs, kwargs)
             need = int(count) * MODEL_HEADROOM
-            listed = edges(R, nbrs, {})[1].shape[0]
             if capacity >= min(need, listed):
                 return nbrs
             extra_capacity += int(np.ceil((need / ratio - listed) / n)) + 1
@@ -368,7 +369,7 @@ def _jax_md_backend(potential, model, box, fractional, skin, format, multiplier,
 
     def update(R, neighbors, **kwargs):
         nbrs = fns.update(R, _plain_static_fields(neighbors), **kwargs)
-        count, capacity = count_within(R, nbrs, kwargs)
+        count, capacity, _ = count_within(R, nbrs, kwargs)
         return dataclasses.replace(
             nbrs, error=nbrs.error.update(partition.PEC.NEIGHBOR_LIST_OVERFLOW, count > capacity)
         )
