@@ -199,11 +199,15 @@ def bare_energy_forces(pot: jat.Potential, atoms: Any) -> tuple[Callable[[], Any
     shifts = jnp.asarray(np.asarray(nbrs.shifts) @ atoms.cell[:], jnp.float32)
     positions = jnp.asarray(atoms.positions, jnp.float32)
     scale = jnp.asarray(pot.energy_scale, jnp.float32)
+    model = pot.energy_model
 
     def energy(pos):
         vec = pos[nbrs.senders] - pos[nbrs.receivers] + shifts
-        y = pot.module.apply(pot.params, species, vec, nbrs.senders, nbrs.receivers, nbrs.mask)
-        return jnp.sum(y * scale[species])
+        return jnp.sum(
+            model.atomic_energies(
+                pot.params, scale, species, vec, nbrs.senders, nbrs.receivers, nbrs.mask
+            )
+        )
 
     fn = jax.jit(jax.value_and_grad(energy))
     return lambda: jax.block_until_ready(fn(positions)), int(nbrs.n_edges)
@@ -266,7 +270,7 @@ class TrainingStep:
         self.data = data
         tx = optim.optimizer("adam", 0.0, 10.0)
         self.step = jax.jit(
-            functools.partial(steps.train_step, pot.module, tx, loss, 0.99), donate_argnums=0
+            functools.partial(steps.train_step, pot.energy_model, tx, loss, 0.99), donate_argnums=0
         )
         params = jax.tree.map(jnp.copy, pot.params)
         self.state = steps.TrainState(

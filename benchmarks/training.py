@@ -51,7 +51,7 @@ def measure(name: str, structures, batch_size: int, epochs: int) -> dict:
     data = build_dataset(structures, SPECIES, cutoff, shift, choose_buckets([225], 1))
     tx = optim.optimizer("adam", 0.0, 10.0)
     step = jax.jit(
-        functools.partial(steps.train_step, pot.module, tx, steps.LossSpec(), 0.99),
+        functools.partial(steps.train_step, pot.energy_model, tx, steps.LossSpec(), 0.99),
         donate_argnums=0,
     )
     params = jax.tree.map(jnp.copy, pot.params)  # the step donates its state

@@ -49,7 +49,7 @@ MAX_REGROW = 8
 
 
 def _evaluate_list(
-    module, cutoff, capacity, stress, params, scale, positions, species, cell, senders, receivers,
+    model, cutoff, capacity, stress, params, scale, positions, species, cell, senders, receivers,
     shifts, mask,
 ):
     """Energy, per-atom energies, forces (and virial) from a stored neighbour list.
@@ -73,7 +73,7 @@ def _evaluate_list(
         n_edges=count[None],
         overflow=(count > capacity)[None],
     )
-    fn = functools.partial(_network_energy, module, params, scale)
+    fn = functools.partial(_network_energy, model, params, scale)
     lattice = cell[None]
     strain = jnp.zeros_like(lattice)
     argnums = (0, 3) if stress else (0,)
@@ -330,7 +330,7 @@ class JATCalculator(Calculator):
         key = ("calculator", capacity, stress)
         fn = pot._cache.get(key)
         if fn is None:
-            f = functools.partial(_evaluate_list, pot.module, pot.cutoff, capacity, stress)
+            f = functools.partial(_evaluate_list, pot.energy_model, pot.cutoff, capacity, stress)
             fn = pot._cache[key] = jax.jit(f)
         return fn
 

@@ -220,7 +220,7 @@ def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
     More than ``capacity`` such edges cannot be described: energy and forces are NaN then (never
     a silent drop), and the neighbour list's ``update`` has raised its overflow flag.
     """
-    module = potential.module
+    model = potential.energy_model
     cutoff = potential.cutoff
     n = len(species_idx)
 
@@ -241,11 +241,11 @@ def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
         (idx,) = jnp.nonzero(within, size=capacity, fill_value=0)
         valid = jnp.arange(capacity) < count
         vectors = jnp.where(valid[:, None], vector_fn(everything[idx]).astype(dt), 0.0)
-        y = module.apply(
-            params, species, vectors, jnp.where(valid, senders[idx], n),
+        e = model.atomic_energies(
+            params, scale, species, vectors, jnp.where(valid, senders[idx], n),
             jnp.where(valid, receivers[idx], n), valid,
         )
-        e = y * scale[species] + shift[species]
+        e = e + shift[species]
         e = e * jnp.where(count > capacity, jnp.nan, 1.0).astype(dt)
         return e if per_atom else jnp.sum(e)
 

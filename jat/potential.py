@@ -30,7 +30,8 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from jat import graph
 from jat.atomic_io import atomic_directory, recover
-from jat.models import MODELS
+from jat.models import MODELS, ZBL, EnergyModel
+from jat.models.repulsion import make_repulsion
 
 FORMAT = "jat.Potential"
 FORMAT_VERSION = 1
@@ -67,13 +68,14 @@ class _Structure:
 # Pure, jittable evaluation
 
 
-def _network_energy(module, params, scale, positions, species, cell, strain, nbrs):
-    """Network energy Σ s_Z y_i over a padded batch (scalar) and per-atom terms (B, N).
+def _network_energy(model, params, scale, positions, species, cell, strain, nbrs):
+    """Energy Σ (s_Z y_i + V_rep,i) over a padded batch (scalar) and per-atom terms (B, N).
 
-    positions (B, N, 3) Å, species (B, N) (negative = padding), cell and strain (B, 3, 3),
-    ``nbrs`` with (B, E) leaves. The batch is evaluated as ONE disjoint graph of B·N nodes (edge
-    indices offset per structure), so the model runs dense edge operations, never a vmapped
-    scatter. Padded edges of structure b point at (b+1)·N, which keeps receivers sorted.
+    ``model`` is an :class:`jat.models.EnergyModel`; positions (B, N, 3) Å, species (B, N)
+    (negative = padding), cell and strain (B, 3, 3), ``nbrs`` with (B, E) leaves. The batch is
+    evaluated as ONE disjoint graph of B·N nodes (edge indices offset per structure), so the
+    model runs dense edge operations, never a vmapped scatter. Padded edges of structure b point
+    at (b+1)·N, which keeps receivers sorted.
     """
     b, n = species.shape
     sym = 0.5 * (strain + jnp.swapaxes(strain, 1, 2))
@@ -86,19 +88,19 @@ def _network_energy(module, params, scale, positions, species, cell, strain, nbr
 
     vec = jax.vmap(vectors)(pos, nbrs.senders, nbrs.receivers, nbrs.shifts, lattice)
     offset = (jnp.arange(b, dtype=nbrs.senders.dtype) * n)[:, None]
-    y = module.apply(
+    e = model.atomic_energies(
         params,
+        scale,
         species.reshape(-1),
         vec.reshape(-1, 3),
         (nbrs.senders + offset).reshape(-1),
         (nbrs.receivers + offset).reshape(-1),
         nbrs.mask.reshape(-1),
     ).reshape(b, n)
-    e = jnp.where(species >= 0, y * scale[jnp.maximum(species, 0)], 0.0)
     return e.sum(), e
 
 
-def _evaluate(module, spec, forces, stress, params, scale, positions, species, cell):
+def _evaluate(model, spec, forces, stress, params, scale, positions, species, cell):
     """Energies (B,), per-atom energies (B, N), forces (B, N, 3) and virials (B, 3, 3) of a
     padded batch; the neighbour lists are built inside, one per structure."""
     periodic = any(spec.pbc)
@@ -106,7 +108,7 @@ def _evaluate(module, spec, forces, stress, params, scale, positions, species, c
         positions, cell if periodic else None, species >= 0, spec
     )
     strain = jnp.zeros(cell.shape, positions.dtype)
-    fn = functools.partial(_network_energy, module, params, scale)
+    fn = functools.partial(_network_energy, model, params, scale)
     out = {"overflow": jnp.any(nbrs.overflow), "n_edges": nbrs.n_edges}
     if forces or stress:
         argnums = (0, 3) if stress else (0,)
@@ -151,6 +153,8 @@ class Potential:
         dtype: "float32" (default) or "float64"; float64 is enabled only inside this object's
             calls (``jax.enable_x64`` as a context), never globally.
         model: "jat", "schnet" or "custom"; with ``model_kwargs`` it rebuilds the module on load.
+        repulsion: None, or a fixed short-range pair term (:class:`jat.models.ZBL`) added to
+            the network's energy everywhere the potential is evaluated or trained.
     """
 
     module: nn.Module
@@ -162,6 +166,7 @@ class Potential:
     dtype: str = "float32"
     model: str = "custom"
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    repulsion: ZBL | None = None
     # Compiled functions, device copies of the parameters and neighbour-list specs. init=False:
     # every copy (dataclasses.replace included) starts with an empty cache, never a stale one.
     _cache: dict = dataclasses.field(
@@ -178,6 +183,7 @@ class Potential:
         cutoff: float,
         seed: int = 0,
         dtype: str = "float32",
+        repulsion: str | Mapping[str, Any] | ZBL | None = None,
         **model_kwargs: Any,
     ) -> Potential:
         """Build a potential with freshly initialised parameters.
@@ -189,6 +195,9 @@ class Potential:
             cutoff: r_c in Å.
             seed: PRNG seed for the initial parameters.
             dtype: "float32" or "float64".
+            repulsion: None (default), "zbl", or ``{"kind": "zbl", "radius_scale": 0.8}``: a
+                ZBL pair repulsion switched off at radius_scale × the sum of covalent radii
+                (see :mod:`jat.models.repulsion`), for potentials meant for long MD.
             **model_kwargs: hyperparameters of the named model (see ``jat.models``).
         """
         species = _check_species(species)
@@ -210,6 +219,9 @@ class Potential:
             raise TypeError(f"model must be a name or a flax.linen.Module, got {type(model)}")
         params = _init_params(module, seed, dtype)
         n = len(species)
+        repulsion = make_repulsion(
+            dict(repulsion) if isinstance(repulsion, Mapping) else repulsion, species, cutoff
+        )
         return cls(
             module=module,
             params=params,
@@ -220,7 +232,13 @@ class Potential:
             dtype=dtype,
             model=name,
             model_kwargs=kwargs,
+            repulsion=repulsion,
         )
+
+    @property
+    def energy_model(self) -> EnergyModel:
+        """The network and the repulsion as one per-atom energy function."""
+        return EnergyModel(self.module, self.repulsion)
 
     def with_energy_reference(
         self, shift: Sequence[float] | None = None, scale: Sequence[float] | None = None
@@ -230,6 +248,19 @@ class Potential:
         new_shift = self.energy_shift if shift is None else _vector(shift, n, "shift")
         new_scale = self.energy_scale if scale is None else _vector(scale, n, "scale")
         return dataclasses.replace(self, energy_shift=new_shift, energy_scale=new_scale)
+
+    def with_repulsion(self, repulsion: str | Mapping[str, Any] | ZBL | None) -> Potential:
+        """A copy with another short-range repulsion (see :meth:`create`), or none.
+
+        Parameters are kept, so this is sound only where the new term vanishes on the training
+        data (the ZBL default does on EAN, whose closest pair, N–H at 0.94 Å, lies beyond its
+        0.82 Å switch-off); otherwise retrain with it (``model.repulsion`` in the config).
+        """
+        if isinstance(repulsion, Mapping):
+            repulsion = dict(repulsion)
+        return dataclasses.replace(
+            self, repulsion=make_repulsion(repulsion, self.species, self.cutoff)
+        )
 
     def with_params(self, params: Any) -> Potential:
         """A copy holding ``params`` (same structure as ``self.params``)."""
@@ -353,6 +384,7 @@ class Potential:
             "dtype": self.dtype,
             "energy_shift": [float(x) for x in self.energy_shift],
             "energy_scale": [float(x) for x in self.energy_scale],
+            "repulsion": None if self.repulsion is None else self.repulsion.to_dict(),
             "num_params": int(sum(np.size(x) for x in jax.tree.leaves(self.params))),
         }
         params = jax.tree.map(np.asarray, self.params)
@@ -402,6 +434,11 @@ class Potential:
             pot = cls.create(
                 meta["model"], meta["species"], meta["cutoff"], dtype=meta["dtype"], **kwargs
             )
+        try:
+            repulsion = make_repulsion(meta.get("repulsion"), pot.species, pot.cutoff)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{meta_path}: entry 'repulsion': {err}") from None
+        pot = dataclasses.replace(pot, repulsion=repulsion)
         params_path = directory / PARAMS_FILE
         if not params_path.is_file():
             raise FileNotFoundError(f"{params_path}: parameter file missing")
@@ -475,7 +512,7 @@ class Potential:
         key = ("fn", spec, forces, stress)
         fn = self._cache.get(key)
         if fn is None:
-            f = functools.partial(_evaluate, self.module, spec, forces, stress)
+            f = functools.partial(_evaluate, self.energy_model, spec, forces, stress)
             fn = self._cache[key] = jax.jit(f)
         return fn
 

@@ -159,7 +159,7 @@ def test_padding_never_changes_loss_or_metrics(emt_files):
     )["a"]
     spec = steps.LossSpec(forces_weight=1.0, energy_weight=0.5)
 
-    evaluate = jax.jit(functools.partial(steps.eval_step, pot.module, spec, True))
+    evaluate = jax.jit(functools.partial(steps.eval_step, pot.energy_model, spec, True))
 
     def total(data, size):
         parts = [

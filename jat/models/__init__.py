@@ -7,9 +7,20 @@ and never sees absolute positions.
 """
 
 from jat.models.bessel import BesselNN
+from jat.models.energy import EnergyModel
 from jat.models.jat import JAT, JATLayer
+from jat.models.repulsion import ZBL
 from jat.models.schnet import SchNet, SchNetInteraction
 
 MODELS = {"jat": JAT, "schnet": SchNet, "bessel": BesselNN}
 
-__all__ = ["JAT", "JATLayer", "MODELS", "SchNet", "SchNetInteraction"]
+__all__ = [
+    "JAT",
+    "MODELS",
+    "ZBL",
+    "BesselNN",
+    "EnergyModel",
+    "JATLayer",
+    "SchNet",
+    "SchNetInteraction",
+]

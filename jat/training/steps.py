@@ -46,7 +46,7 @@ def log_cosh(x: jax.Array, alpha: float) -> jax.Array:
     return alpha * optax.losses.log_cosh(x / alpha)
 
 
-def predict(module, params, scale, batch, forces: bool):
+def predict(model, params, scale, batch, forces: bool):
     """Network energies (B,) in eV (composition shift excluded) and forces (B, N, 3) eV/Å."""
     b = batch["species"].shape[0]
     nbrs = graph.Neighbors(
@@ -61,7 +61,7 @@ def predict(module, params, scale, batch, forces: bool):
 
     def energy(positions):
         total, per_atom = _network_energy(
-            module, params, scale, positions, batch["species"], batch["cell"], strain, nbrs
+            model, params, scale, positions, batch["species"], batch["cell"], strain, nbrs
         )
         return total, per_atom.sum(axis=1)
 
@@ -71,9 +71,9 @@ def predict(module, params, scale, batch, forces: bool):
     return energies, -grad
 
 
-def errors(module, params, scale, batch, forces: bool):
+def errors(model, params, scale, batch, forces: bool):
     """Residuals: energy per atom (B,), energy per structure (B,), forces (B, N, 3)."""
-    energies, f = predict(module, params, scale, batch, forces)
+    energies, f = predict(model, params, scale, batch, forces)
     de = energies - batch["energy"]
     df = None if f is None else f - batch["forces"]
     return de / batch["n_atoms"], de, df
@@ -127,12 +127,12 @@ def error_sums(de_atom, de, df, batch) -> dict[str, jax.Array]:
     return out
 
 
-def train_step(module, tx, spec: LossSpec, ema_decay, state: TrainState, scale, batch, lr):
+def train_step(model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, batch, lr):
     """One optimiser step; returns the new state and the batch's loss terms (device arrays)."""
     need_forces = spec.forces_weight > 0
 
     def loss_fn(params):
-        de_atom, _, df = errors(module, params, scale, batch, need_forces)
+        de_atom, _, df = errors(model, params, scale, batch, need_forces)
         terms = loss_terms(spec, de_atom, df, batch)
         return total_loss(spec, terms), terms
 
@@ -150,10 +150,10 @@ def train_step(module, tx, spec: LossSpec, ema_decay, state: TrainState, scale, 
     return TrainState(params, opt_state, ema, state.step + 1), metrics
 
 
-def eval_step(module, spec: LossSpec, forces: bool, params, scale, batch):
+def eval_step(model, spec: LossSpec, forces: bool, params, scale, batch):
     """Sums of errors and of the loss terms over a batch (no update); being sums, they do not
     depend on how a data set is cut into batches."""
-    de_atom, de, df = errors(module, params, scale, batch, forces)
+    de_atom, de, df = errors(model, params, scale, batch, forces)
     sums = error_sums(de_atom, de, df, batch)
     for key, (total, _) in loss_sums(spec, de_atom, df, batch).items():
         sums[f"loss_{key}_sum"] = total
