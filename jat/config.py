@@ -468,6 +468,21 @@ class ModelConfig:
     name: str = _opt(_DEFAULT_MODEL, "jat | schnet (see jat.models)", None)
     cutoff: float = _opt(5.0, "neighbour cutoff r_c (Å)", _float(gt=0))
     dtype: str = _opt("float32", "float32 | float64", _str(choices=("float32", "float64")))
+    repulsion: str = _opt(
+        "none",
+        "none | zbl: fixed ZBL repulsion at short range, for stable MD",
+        _str(choices=("none", "zbl")),
+    )
+    repulsion_radii: str = _opt(
+        "data",
+        "data | covalent: ZBL ends at each pair's shortest training distance, or as below",
+        _str(choices=("data", "covalent")),
+    )
+    repulsion_radius_scale: float = _opt(
+        0.8,
+        "covalent: off at this x (R_a + R_b) (also pairs absent from the data)",
+        _float(gt=0),
+    )
     hyper: Mapping[str, Any] = _opt(
         _DEFAULT_HYPER,
         "any hyperparameter of the model",
@@ -735,7 +750,9 @@ def _parse_model(raw: Any, prefix: str, ctx: _Context) -> ModelConfig:
         close = difflib.get_close_matches(name, list(models), n=1) if isinstance(name, str) else []
         raise ctx.error(name_key, message + (f" (did you mean {close[0]!r}?)" if close else ""))
     kwargs: dict[str, Any] = {"name": name}
-    for field_name in ("cutoff", "dtype"):
+    for field_name in (
+        "cutoff", "dtype", "repulsion", "repulsion_radii", "repulsion_radius_scale"
+    ):
         if field_name in raw:
             parse = fixed[field_name].metadata["parse"]
             kwargs[field_name] = _parse_value(

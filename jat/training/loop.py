@@ -32,6 +32,7 @@ from jat.config import Config, config_to_dict, dump_config, load_config
 from jat.data.readers import detect_format, read_structures
 from jat.data.readers import resolve_path as resolve_data_file
 from jat.data.structure import Structure
+from jat.models.repulsion import shortest_distances
 from jat.potential import Potential, _precision
 from jat.training import checkpoint, optim, steps
 from jat.training.dataset import Dataset, align_edge_slots, build_dataset, choose_buckets
@@ -122,6 +123,17 @@ def load_splits(cfg: Config) -> tuple[dict[str, list[Structure]], dict[str, list
         sets["test"] = read_files(cfg.data.test, cfg)
     sources = {name: [s.source for s in sets[name]] for name in SETS}
     return sets, sources
+
+
+def _repulsion(cfg: Config, train: list[Structure], species: tuple[str, ...]) -> dict | None:
+    """The ``repulsion`` argument of ``Potential.create`` for this configuration."""
+    if cfg.model.repulsion == "none":
+        return None
+    spec = {"kind": cfg.model.repulsion, "radius_scale": cfg.model.repulsion_radius_scale}
+    if cfg.model.repulsion_radii == "data":
+        radii = shortest_distances(train, species, cfg.model.cutoff)
+        spec["radii"] = [[None if np.isnan(x) else float(x) for x in row] for row in radii]
+    return spec
 
 
 def _species(cfg: Config, sets: dict[str, list[Structure]]) -> tuple[str, ...]:
@@ -232,6 +244,7 @@ class _Run:
             cfg.model.cutoff,
             seed=cfg.seed,
             dtype=cfg.model.dtype,
+            repulsion=_repulsion(cfg, train, self.species),
             **dict(cfg.model.hyper),
         ).with_energy_reference(shift=shift, scale=np.full(len(self.species), scale))
         sizes = [s.n_atoms for structures in self.sets.values() for s in structures]
@@ -263,11 +276,21 @@ class _Run:
             f"{dict(zip(self.species, np.round(shift, 4).tolist(), strict=True))} eV, "
             f"scale {scale:.4g} eV"
         )
+        rep = self.potential.repulsion
+        if rep is not None:
+            r = rep.pair_radii
+            pairs = ", ".join(
+                f"{a}-{b} {r[i, j]:.3f}"
+                for i, a in enumerate(self.species)
+                for j, b in enumerate(self.species)
+                if j >= i
+            )
+            self.out.message(f"ZBL repulsion switched off at (Å): {pairs}")
         n_params = sum(np.size(x) for x in jax.tree.leaves(self.potential.params))
         self.out.message(f"model: {cfg.model.name} ({n_params} parameters), run dir {self.run_dir}")
 
     def _compile(self) -> None:
-        module = self.potential.module
+        model = self.potential.energy_model
 
         def count(kind):
             def deco(fn):
@@ -283,14 +306,14 @@ class _Run:
         self.train_step = jax.jit(
             count("train")(
                 functools.partial(
-                    steps.train_step, module, self.tx, self.loss_spec, self.cfg.optimizer.ema_decay
+                    steps.train_step, model, self.tx, self.loss_spec, self.cfg.optimizer.ema_decay
                 )
             ),
             donate_argnums=0,
         )
         self.eval_step = jax.jit(
             count("eval")(
-                functools.partial(steps.eval_step, module, self.loss_spec, self.eval_forces)
+                functools.partial(steps.eval_step, model, self.loss_spec, self.eval_forces)
             )
         )
         self.scale = jnp.asarray(self.potential.energy_scale, self.dtype)
@@ -406,7 +429,7 @@ class _Run:
         move with it, so energy errors measure the network, not an arbitrary offset."""
         train = self.data["train"]
         params = jax.tree.map(lambda x: jnp.asarray(x, self.dtype), potential.params)
-        predict = jax.jit(functools.partial(steps.predict, potential.module, forces=False))
+        predict = jax.jit(functools.partial(steps.predict, potential.energy_model, forces=False))
         counts, residual = [], []
         for bucket in train.buckets:
             keep = bucket.has_energy
