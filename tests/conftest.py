@@ -57,6 +57,13 @@ def _potential(model, dtype, cutoff, extra):
     return jat.Potential.create(model, SPECIES, cutoff, seed=1, dtype=dtype, **kwargs)
 
 
+@pytest.fixture
+def x64():
+    """float64 for the tests that call the JAX functions directly (Potentials set their own)."""
+    with jax.enable_x64(True):
+        yield
+
+
 def potential(model: str, dtype: str = "float64", cutoff: float = CUTOFF, **extra) -> jat.Potential:
     """A small random-parameter potential, cached for the session (same arguments, same object)."""
     return _potential(model, dtype, float(cutoff), tuple(sorted(extra.items())))

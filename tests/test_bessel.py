@@ -136,13 +136,6 @@ def star_descriptors(center, neighbors, neighbor_species, num_species, n_max=N_M
     return np.asarray(out)
 
 
-@pytest.fixture
-def x64():
-    """float64 for the tests that call the JAX functions directly (Potentials set their own)."""
-    with jax.enable_x64(True):
-        yield
-
-
 # ---------------------------------------------------------------------------------------------
 # Radial functions
 
