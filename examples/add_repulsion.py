@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import jat
     from jat.config import load_config
-    from jat.models.repulsion import shortest_distances
+    from jat.models.repulsion import data_radii
     from jat.training.loop import SPLIT_FILE, load_splits
 
     run = Path(args.run)
@@ -45,12 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"{run / SPLIT_FILE}: the data no longer gives the run's training set "
             "(files changed since training)"
         )
-    radii = shortest_distances(sets["train"], pot.species, pot.cutoff)
-    with_term = pot.with_repulsion({
-        "kind": "zbl",
-        "radius_scale": args.radius_scale,
-        "radii": [[None if np.isnan(x) else float(x) for x in row] for row in radii],
-    })
+    radii = data_radii(sets["train"], pot.species, pot.cutoff)
+    with_term = pot.with_repulsion(
+        {"kind": "zbl", "radius_scale": args.radius_scale, "radii": radii}
+    )
     largest = max(
         float(np.abs(with_term.compute(s.to_atoms(), forces=False).energy
                      - pot.compute(s.to_atoms(), forces=False).energy))

@@ -161,6 +161,17 @@ def make_repulsion(
     return ZBL(numbers=numbers, cutoff=float(cutoff), **options)
 
 
+DATA_MARGIN = 1e-6  # relative: float32 rounding of r and r_ab (6e-8) never reaches the wall
+
+
+def data_radii(structures: Iterable, species: Sequence[str], cutoff: float) -> list:
+    """Switch-off radii for ``make_repulsion``'s ``radii``: each pair's shortest distance in
+    ``structures`` less a relative 1e-6, so the term is exactly zero on all of them in float32
+    and float64; ``None`` (the covalent rule) for pairs never within ``cutoff``."""
+    r = shortest_distances(structures, species, cutoff) * (1.0 - DATA_MARGIN)
+    return [[None if np.isnan(x) else float(x) for x in row] for row in r]
+
+
 def shortest_distances(
     structures: Iterable, species: Sequence[str], cutoff: float
 ) -> np.ndarray:

@@ -32,7 +32,7 @@ from jat.config import Config, config_to_dict, dump_config, load_config
 from jat.data.readers import detect_format, read_structures
 from jat.data.readers import resolve_path as resolve_data_file
 from jat.data.structure import Structure
-from jat.models.repulsion import shortest_distances
+from jat.models.repulsion import data_radii
 from jat.potential import Potential, _precision
 from jat.training import checkpoint, optim, steps
 from jat.training.dataset import Dataset, align_edge_slots, build_dataset, choose_buckets
@@ -131,8 +131,7 @@ def _repulsion(cfg: Config, train: list[Structure], species: tuple[str, ...]) ->
         return None
     spec = {"kind": cfg.model.repulsion, "radius_scale": cfg.model.repulsion_radius_scale}
     if cfg.model.repulsion_radii == "data":
-        radii = shortest_distances(train, species, cfg.model.cutoff)
-        spec["radii"] = [[None if np.isnan(x) else float(x) for x in row] for row in radii]
+        spec["radii"] = data_radii(train, species, cfg.model.cutoff)
     return spec
 
 
