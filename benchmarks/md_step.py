@@ -185,9 +185,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.potential:
         import jat
 
-        models = [(jat.Potential.load(p).model, str(p)) for p in args.potential]
+        names = [jat.Potential.load(p).model for p in args.potential]
+        models = [  # label, model, potential: labels unique when two potentials share a model
+            (f"{m}#{k}" if names.count(m) > 1 else m, m, str(p))
+            for k, (m, p) in enumerate(zip(names, args.potential, strict=True))
+        ]
     else:
-        models = [(name, None) for name in model_specs(args.models, args.quick)]
+        models = [(name, name, None) for name in model_specs(args.models, args.quick)]
     env = environment()
     print(f"MD step time, EAN box replicated {args.sizes}, float32: "
           f"{'QUICK (tiny models), ' if args.quick else ''}{describe_environment(env)}",
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'model':8} {'atoms':>7} {'path':>7} {'ms/step':>10} {'compile s':>10} "
           f"{'peak RSS MB':>12}", flush=True)
     rows = []
-    for name, potential in models:
+    for label, name, potential in models:
         for n in args.sizes:
             steps = max(3, args.steps // n**3)
             for path in paths:
@@ -205,18 +209,18 @@ def main(argv: list[str] | None = None) -> dict:
                 row = child(case)
                 rows.append(row)
                 if "error" in row:
-                    print(f"{name:8} {225 * n**3:>7} {path:>7}  FAILED: {row['error']}",
+                    print(f"{label:8} {225 * n**3:>7} {path:>7}  FAILED: {row['error']}",
                           flush=True)
                     continue
-                print(f"{name:8} {row['n_atoms']:>7} {path:>7} {row['ms_per_step']:>10.2f} "
+                print(f"{label:8} {row['n_atoms']:>7} {path:>7} {row['ms_per_step']:>10.2f} "
                       f"{row['compile_s']:>10.1f} {row['peak_rss_mb']:>12}", flush=True)
     ratios = {}
-    for name, _ in models:
+    for label, name, potential in models:
         for n in args.sizes:
             got = {r["path"]: r.get("ms_per_step") for r in rows
-                   if r["model"] == name and r["n"] == n}
+                   if r["model"] == name and r["potential"] == potential and r["n"] == n}
             if all(got.get(p) for p in PATHS):
-                key = f"{name}_{225 * n**3}"
+                key = f"{label}_{225 * n**3}"
                 ratios[key] = {
                     "ase_over_bare": round(got["ase"] / got["bare"], 2),
                     "ase_over_jax_md": round(got["ase"] / got["jax_md"], 2),
