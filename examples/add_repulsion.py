@@ -15,8 +15,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -31,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     import jat
     from jat.config import load_config
     from jat.models.repulsion import data_radii
-    from jat.training.loop import SPLIT_FILE, load_splits
+    from jat.training.loop import check_split, load_splits
 
     run = Path(args.run)
     pot = jat.Potential.load(run)
@@ -39,21 +37,19 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{run}: the potential already has a repulsion ({pot.repulsion})")
     cfg = load_config(run / "config.yaml")
     sets, sources = load_splits(cfg)
-    saved = json.loads((run / SPLIT_FILE).read_text())
-    if sources["train"] != saved["train"]:
-        raise SystemExit(
-            f"{run / SPLIT_FILE}: the data no longer gives the run's training set "
-            "(files changed since training)"
-        )
+    try:
+        check_split(run, sources)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     radii = data_radii(sets["train"], pot.species, pot.cutoff)
     with_term = pot.with_repulsion(
         {"kind": "zbl", "radius_scale": args.radius_scale, "radii": radii}
     )
-    largest = max(
-        float(np.abs(with_term.compute(s.to_atoms(), forces=False).energy
-                     - pot.compute(s.to_atoms(), forces=False).energy))
-        for s in sets["train"][:5]
-    )
+    largest = 0.0
+    for s in sets["train"][:5]:
+        atoms = s.to_atoms()
+        change = with_term.energy(atoms) - pot.energy(atoms)
+        largest = max(largest, abs(change))
     with_term.save(args.out)
     r = with_term.repulsion.pair_radii
     table = {

@@ -195,9 +195,10 @@ class Potential:
             cutoff: r_c in Å.
             seed: PRNG seed for the initial parameters.
             dtype: "float32" or "float64".
-            repulsion: None (default), "zbl", or ``{"kind": "zbl", "radius_scale": 0.8}``: a
-                ZBL pair repulsion switched off at radius_scale × the sum of covalent radii
-                (see :mod:`jat.models.repulsion`), for potentials meant for long MD.
+            repulsion: None (default), "zbl", or ``{"kind": "zbl", "radius_scale": 0.8,
+                "radii": [[...]]}``: a ZBL pair repulsion switched off at the given (S, S)
+                radii in Å, or at radius_scale × the sum of covalent radii where a radius is
+                None/NaN or none are given (see :mod:`jat.models.repulsion`), for long MD.
             **model_kwargs: hyperparameters of the named model (see ``jat.models``).
         """
         species = _check_species(species)
@@ -219,9 +220,7 @@ class Potential:
             raise TypeError(f"model must be a name or a flax.linen.Module, got {type(model)}")
         params = _init_params(module, seed, dtype)
         n = len(species)
-        repulsion = make_repulsion(
-            dict(repulsion) if isinstance(repulsion, Mapping) else repulsion, species, cutoff
-        )
+        repulsion = make_repulsion(repulsion, species, cutoff)
         return cls(
             module=module,
             params=params,
@@ -256,8 +255,6 @@ class Potential:
         data (the ZBL default does on EAN, whose closest pair, N–H at 0.94 Å, lies beyond its
         0.82 Å switch-off); otherwise retrain with it (``model.repulsion`` in the config).
         """
-        if isinstance(repulsion, Mapping):
-            repulsion = dict(repulsion)
         return dataclasses.replace(
             self, repulsion=make_repulsion(repulsion, self.species, self.cutoff)
         )

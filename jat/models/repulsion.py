@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -132,17 +133,20 @@ class ZBL:
 
 
 def make_repulsion(
-    spec: str | dict | ZBL | None, symbols: Sequence[str], cutoff: float
+    spec: str | Mapping[str, Any] | ZBL | None, symbols: Sequence[str], cutoff: float
 ) -> ZBL | None:
-    """A repulsion from ``None``/"none", "zbl", a saved ``{"kind": "zbl", ...}`` dict or a ZBL."""
+    """A repulsion from ``None``/"none", "zbl", a ``{"kind": "zbl", ...}`` mapping (as saved;
+    ``radii`` (S, S) in Å with None or NaN for the covalent rule) or a ZBL."""
     from ase.data import atomic_numbers
 
-    if spec is None or spec == "none" or isinstance(spec, ZBL):
-        return None if spec in (None, "none") else spec
+    if spec is None or spec == "none":
+        return None
+    if isinstance(spec, ZBL):
+        return spec
     if isinstance(spec, str):
         spec = {"kind": spec}
-    if not isinstance(spec, dict):
-        raise TypeError(f"repulsion must be None, 'zbl', a dict or a ZBL, got {type(spec)}")
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"repulsion must be None, 'zbl', a mapping or a ZBL, got {type(spec)}")
     options = dict(spec)
     kind = options.pop("kind", None)
     if kind not in REPULSIONS:
@@ -152,8 +156,9 @@ def make_repulsion(
         raise ValueError(f"unknown ZBL option(s) {sorted(unknown)}; valid: radius_scale, radii")
     if options.get("radii") is not None:
         try:
-            options["radii"] = tuple(
-                tuple(math.nan if x is None else float(x) for x in row) for row in options["radii"]
+            options["radii"] = tuple(  # one NaN object, so that equal ZBLs compare equal
+                tuple(math.nan if x is None or math.isnan(x) else float(x) for x in row)
+                for row in options["radii"]
             )
         except TypeError:
             raise ValueError("radii must be a list of lists of numbers or null") from None
@@ -164,12 +169,11 @@ def make_repulsion(
 DATA_MARGIN = 1e-6  # relative: float32 rounding of r and r_ab (6e-8) never reaches the wall
 
 
-def data_radii(structures: Iterable, species: Sequence[str], cutoff: float) -> list:
-    """Switch-off radii for ``make_repulsion``'s ``radii``: each pair's shortest distance in
-    ``structures`` less a relative 1e-6, so the term is exactly zero on all of them in float32
-    and float64; ``None`` (the covalent rule) for pairs never within ``cutoff``."""
-    r = shortest_distances(structures, species, cutoff) * (1.0 - DATA_MARGIN)
-    return [[None if np.isnan(x) else float(x) for x in row] for row in r]
+def data_radii(structures: Iterable, species: Sequence[str], cutoff: float) -> np.ndarray:
+    """(S, S) switch-off radii for ``make_repulsion``'s ``radii``: each pair's shortest distance
+    in ``structures`` less a relative 1e-6, so the term is exactly zero on all of them in float32
+    and float64; NaN (the covalent rule) for pairs never within ``cutoff``."""
+    return shortest_distances(structures, species, cutoff) * (1.0 - DATA_MARGIN)
 
 
 def shortest_distances(

@@ -125,6 +125,16 @@ def load_splits(cfg: Config) -> tuple[dict[str, list[Structure]], dict[str, list
     return sets, sources
 
 
+def check_split(run_dir: Path, sources: dict[str, list[str]]) -> None:
+    """Raise unless ``sources`` (from :func:`load_splits`) is the split the run recorded."""
+    saved = json.loads((run_dir / SPLIT_FILE).read_text())
+    if saved != sources:
+        raise ValueError(
+            f"{run_dir / SPLIT_FILE}: the data no longer gives the same split; "
+            "the files changed since the run started"
+        )
+
+
 def _repulsion(cfg: Config, train: list[Structure], species: tuple[str, ...]) -> dict | None:
     """The ``repulsion`` argument of ``Potential.create`` for this configuration."""
     if cfg.model.repulsion == "none":
@@ -489,12 +499,7 @@ def _train(cfg: Config, run_dir: Path, resuming: bool, out: Progress, hooks: dic
     metrics_path = run_dir / METRICS_FILE
     state = run.initial_state()
     if resuming:
-        saved = json.loads((run_dir / SPLIT_FILE).read_text())
-        if saved != run.sources:
-            raise ValueError(
-                f"{run_dir / SPLIT_FILE}: the data no longer gives the same split; "
-                "the files changed since the run started"
-            )
+        check_split(run_dir, run.sources)
         state, prog = checkpoint.load_checkpoint(run_dir / "last", state)
         rows = _truncate_rows(metrics_path, prog["epoch"])
         out.message(f"resuming {run_dir} after epoch {prog['epoch']} (step {prog['step']})")
