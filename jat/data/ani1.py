@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from jat.data.readers import (
+from jat.data.checks import (
     PathLike,
     checked_symbols,
     first_nonfinite,

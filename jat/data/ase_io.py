@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from jat.data.readers import PathLike, float_array, require_file, symbols_from_numbers
+from jat.data.checks import PathLike, float_array, require_file, symbols_from_numbers
 from jat.data.structure import DataError, Structure
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from jat.data.checks import PathLike
 from jat.data.neuralil import EAN_COMPOSITION, composition_symbols, read_neuralil
-from jat.data.readers import PathLike
 
 CATION = ("N", "H", "H", "H", "C", "H", "H", "C", "H", "H", "H")
 ANION = ("N", "O", "O", "O")

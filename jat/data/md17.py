@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from jat.data.readers import (
+from jat.data.checks import (
     PathLike,
     first_nonfinite,
     float_array,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jat.data.readers import PathLike, checked_symbols, float_array, require_file
+from jat.data.checks import PathLike, checked_symbols, float_array, require_file
 from jat.data.structure import DataError, Structure
 
 #: Ethylammonium nitrate: the cation C2H5NH3+ in NeuralIL's atom order, then the anion NO3-.

@@ -8,6 +8,7 @@ and never sees absolute positions.
 
 from jat.models.bessel import BesselNN
 from jat.models.energy import EnergyModel
+from jat.models.hyper import HyperparameterError
 from jat.models.jat import JAT, JATLayer
 from jat.models.repulsion import ZBL
 from jat.models.schnet import SchNet, SchNetInteraction
@@ -20,6 +21,7 @@ __all__ = [
     "ZBL",
     "BesselNN",
     "EnergyModel",
+    "HyperparameterError",
     "JATLayer",
     "SchNet",
     "SchNetInteraction",

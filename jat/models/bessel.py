@@ -81,11 +81,13 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
+from jat.models import hyper
 from jat.models.blocks import swish
 
 Array = jax.Array
 
 CORES = ("plain", "residual")
+MAX_N_MAX = 12  # descriptor order; (n_max + 1)(n_max + 2) / 2 radial-angular channels
 _SERIES_TERMS = 30  # power-series terms of j_l (host, float64) below x = l + 1
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -419,6 +421,14 @@ class BesselNN(nn.Module):
     widths: Sequence[int] = (64, 32, 16)
     core: str = "plain"
 
+    def __post_init__(self):
+        hyper.common(self.num_species, self.cutoff)
+        hyper.integer("n_max", self.n_max, 0, MAX_N_MAX)
+        hyper.integer("embed_dim", self.embed_dim, 0, hyper.MAX_WIDTH)
+        hyper.widths("widths", self.widths, allow_empty=False)
+        hyper.choice("core", self.core, CORES)
+        super().__post_init__()
+
     @nn.compact
     def __call__(
         self,
@@ -429,11 +439,7 @@ class BesselNN(nn.Module):
         edge_mask: Array,
     ) -> Array:
         """Per-atom outputs (N,), exactly 0 on padded atoms; same arguments as ``JAT``."""
-        if self.core not in CORES:
-            raise ValueError(f"unknown core {self.core!r}; choose from {CORES}")
         widths = tuple(int(w) for w in self.widths)
-        if not widths:
-            raise ValueError("widths must not be empty")
         node_mask = species >= 0
         x = bessel_descriptors(
             species,

@@ -161,6 +161,9 @@ def bessel_rbf(r: Array, cutoff: float, num: int) -> Array:
     return math.sqrt(2.0 / cutoff) * val
 
 
+EDGE_FEATURES = ("distance", "inverse", "bessel", "gaussian")
+
+
 def edge_features(kind: str, r: Array, cutoff: float, num_basis: int, env: Array) -> Array:
     """Edge feature φ(r) (E, D) of the given kind.
 

@@ -26,7 +26,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jat.models import hyper
 from jat.models.blocks import (
+    EDGE_FEATURES,
+    ENVELOPES,
     ReadoutMLP,
     edge_features,
     edge_lengths,
@@ -37,6 +40,9 @@ from jat.models.blocks import (
 )
 
 Array = jax.Array
+
+UPDATES = ("skip", "gru")
+MESSAGES = ("node", "filtered")
 
 
 class JATLayer(nn.Module):
@@ -114,6 +120,21 @@ class JAT(nn.Module):
     envelope: str = "polynomial"
     readout: Sequence[int] = (64, 32, 16, 16)
 
+    def __post_init__(self):
+        hyper.common(self.num_species, self.cutoff)
+        width = hyper.integer("width", self.width, 1, hyper.MAX_WIDTH)
+        hyper.integer("layers", self.layers, 1, hyper.MAX_LAYERS)
+        heads = hyper.integer("heads", self.heads, 1, width)
+        if width % heads:
+            raise hyper.HyperparameterError("heads", f"{heads} does not divide width {width}")
+        hyper.choice("edge_feature", self.edge_feature, EDGE_FEATURES)
+        hyper.integer("num_basis", self.num_basis, 1, hyper.MAX_BASIS)
+        hyper.choice("update", self.update, UPDATES)
+        hyper.choice("message", self.message, MESSAGES)
+        hyper.choice("envelope", self.envelope, tuple(ENVELOPES))
+        hyper.widths("readout", self.readout, allow_empty=True)
+        super().__post_init__()
+
     @nn.compact
     def __call__(
         self,
@@ -134,8 +155,6 @@ class JAT(nn.Module):
         Returns:
             (N,) per-atom outputs y_i, exactly 0 on padded atoms.
         """
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         node_mask = species >= 0
         r = edge_lengths(edge_vectors, edge_mask)
         env = jnp.where(edge_mask, envelope(self.envelope, r, self.cutoff), 0.0)

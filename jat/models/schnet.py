@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jat.models import hyper
 from jat.models.blocks import (
     HalfEdges,
     cosine_cutoff,
@@ -71,6 +72,19 @@ class SchNet(nn.Module):
     filters: int | None = None
     norm: str | None = None
 
+    def __post_init__(self):
+        hyper.common(self.num_species, self.cutoff)
+        hyper.integer("features", self.features, 2, hyper.MAX_WIDTH)
+        hyper.integer("interactions", self.interactions, 1, hyper.MAX_LAYERS)
+        if self.num_rbf is not None:
+            hyper.integer("num_rbf", self.num_rbf, 1, hyper.MAX_BASIS)
+        if self.gamma is not None:
+            hyper.positive_number("gamma", self.gamma)
+        if self.filters is not None:
+            hyper.integer("filters", self.filters, 1, hyper.MAX_WIDTH)
+        hyper.choice("norm", self.norm, NORMS)
+        super().__post_init__()
+
     @nn.compact
     def __call__(
         self,
@@ -81,8 +95,6 @@ class SchNet(nn.Module):
         edge_mask: Array,
     ) -> Array:
         """Per-atom outputs (N,); same arguments as :class:`jat.models.JAT`."""
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; choose from {NORMS}")
         node_mask = species >= 0
         # The filter depends on |r_ij| only: evaluate it once per pair, message both ways.
         half = half_edges(edge_vectors, senders, receivers, edge_mask, species.shape[0])

@@ -1,0 +1,88 @@
+"""Range checks of model hyperparameters, run when a model is constructed.
+
+Every model class calls these from ``__post_init__``, so a bad value is refused where it is given
+(``Potential.create``, ``Potential.load``, a training configuration) with the name of the
+hyperparameter, before any parameter is initialised: ``heads=0`` never reaches a division, and a
+huge ``layers`` never starts a trace. The upper bounds are far above any sensible model; they
+exist so that a malformed saved file cannot make a load hang.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+MAX_LAYERS = 64
+MAX_WIDTH = 8192
+MAX_BASIS = 1024
+MAX_SPECIES = 118
+
+
+class HyperparameterError(ValueError):
+    """A model hyperparameter out of range; ``key`` names it, ``str(err)`` is ``"key: problem"``."""
+
+    def __init__(self, key: str, message: str):
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}")
+
+
+def _show(value: Any) -> str:
+    return repr(value)
+
+
+def integer(key: str, value: Any, low: int, high: int) -> int:
+    """``value`` as an int in [low, high] (bools and non-integral numbers are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        isinstance(value, float) and not value.is_integer()
+    ):
+        raise HyperparameterError(key, f"must be an integer, got {_show(value)}")
+    if not low <= value <= high:
+        raise HyperparameterError(key, f"must be between {low} and {high}, got {_show(value)}")
+    return int(value)
+
+
+def positive_number(key: str, value: Any, high: float = math.inf) -> float:
+    """``value`` as a finite float in (0, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HyperparameterError(key, f"must be a number, got {_show(value)}")
+    if not (math.isfinite(value) and 0 < value <= high):
+        bound = "" if math.isinf(high) else f" and at most {high:g}"
+        raise HyperparameterError(key, f"must be positive and finite{bound}, got {_show(value)}")
+    return float(value)
+
+
+def choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
+    if value not in tuple(choices):
+        options = ", ".join(repr(c) for c in choices)
+        raise HyperparameterError(key, f"must be one of {options}, got {_show(value)}")
+    return value
+
+
+def widths(key: str, value: Any, *, allow_empty: bool) -> tuple[int, ...]:
+    """A list of layer widths, each an integer in [1, MAX_WIDTH]."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise HyperparameterError(key, f"must be a list of widths, got {_show(value)}")
+    if not value and not allow_empty:
+        raise HyperparameterError(key, "must not be empty")
+    return tuple(integer(f"{key}[{k}]", w, 1, MAX_WIDTH) for k, w in enumerate(value))
+
+
+def common(num_species: Any, cutoff: Any) -> None:
+    """The two arguments every model takes from the potential."""
+    integer("num_species", num_species, 1, MAX_SPECIES)
+    positive_number("cutoff", cutoff, high=1e3)
+
+
+__all__ = [
+    "MAX_BASIS",
+    "MAX_LAYERS",
+    "MAX_SPECIES",
+    "MAX_WIDTH",
+    "HyperparameterError",
+    "choice",
+    "common",
+    "integer",
+    "positive_number",
+    "widths",
+]
