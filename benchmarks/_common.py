@@ -189,28 +189,23 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def bare_energy_forces(pot: jat.Potential, atoms: Any) -> tuple[Callable[[], Any], int]:
-    """A blocking call of the compiled energy + forces of ``pot``'s network alone, float32, on a
-    fixed, precomputed edge list (positions already on the device): the floor a full evaluation
-    or an MD step cannot beat. Returns (call, number of edges)."""
-    from jat import graph
+    """A blocking call of the compiled energy + forces of ``pot`` alone, in its dtype, on a
+    fixed, precomputed graph (:meth:`jat.Potential.graph`, already on the device) through the
+    predictor every evaluation path uses: the floor a full evaluation or an MD step cannot beat.
+    Returns (call, number of edges)."""
+    from jat.dtypes import precision
+    from jat.predictor import predict
 
-    nbrs = graph.neighbor_list(atoms.positions, pot.cutoff, cell=atoms.cell[:], pbc=True)
-    species = jnp.asarray(pot._species_indices(atoms.get_chemical_symbols()))
-    shifts = jnp.asarray(np.asarray(nbrs.shifts) @ atoms.cell[:], jnp.float32)
-    positions = jnp.asarray(atoms.positions, jnp.float32)
-    scale = jnp.asarray(pot.energy_scale, jnp.float32)
-    model = pot.energy_model
+    with precision(pot.dtype):
+        g = pot.graph(atoms)
+        params, scale = pot.device_constants()
+        fn = jax.jit(functools.partial(predict, pot.energy_model, forces=True))
 
-    def energy(pos):
-        vec = pos[nbrs.senders] - pos[nbrs.receivers] + shifts
-        return jnp.sum(
-            model.atomic_energies(
-                pot.params, scale, species, vec, nbrs.senders, nbrs.receivers, nbrs.mask
-            )
-        )
+        def call():
+            with precision(pot.dtype):
+                return jax.block_until_ready(fn(params, scale, g))
 
-    fn = jax.jit(jax.value_and_grad(energy))
-    return lambda: jax.block_until_ready(fn(positions)), int(nbrs.n_edges)
+    return call, int(np.asarray(g.edge_mask).sum())
 
 
 def peak_rss_mb() -> float:

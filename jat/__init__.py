@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Potential": ("jat.potential", "Potential"),
     "Results": ("jat.potential", "Results"),
-    "JATCalculator": ("jat.calculator", "JATCalculator"),
+    "JATCalculator": ("jat.simulation.ase_calculator", "JATCalculator"),
     "graph": ("jat.graph", None),
     "models": ("jat.models", None),
     "data": ("jat.data", None),
@@ -24,8 +24,8 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from jat import data, graph, models
-    from jat.calculator import JATCalculator
     from jat.potential import Potential, Results
+    from jat.simulation.ase_calculator import JATCalculator
 
 
 def __getattr__(name: str) -> Any:

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jat.graph.errors import MIN_DISTANCE, GraphError, combine, flag
+
 REACH_EPS = 1e-6  # relative margin when turning a height ratio into a number of bins/images
 
 
@@ -79,6 +81,24 @@ def reach_overflow(cutoff: float, height, n_bins, reach, pbc) -> jnp.ndarray:
     return jnp.any(jnp.asarray(pbc) & (needed > np.asarray(reach)))
 
 
+def error_code(n_edges, capacity: int, reach_exceeded, coincident, positions, mask, height, pbc,
+               bins=None):
+    """The :class:`jat.graph.GraphError` code of one build: bounds exceeded, coincident atoms,
+    non-finite positions or a degenerate periodic cell (a zero or non-finite height)."""
+    finite = jnp.all(jnp.where(mask[:, None], jnp.isfinite(positions), True))
+    periodic = jnp.asarray(pbc)
+    cell_ok = jnp.all(~periodic | (jnp.isfinite(height) & (height > 0)))
+    codes = [
+        flag(n_edges > capacity, GraphError.EDGES),
+        flag(reach_exceeded & cell_ok, GraphError.IMAGES),
+        flag(coincident, GraphError.COINCIDENT),
+        flag(~(finite & cell_ok), GraphError.INVALID),
+    ]
+    if bins is not None:
+        codes.append(flag(bins, GraphError.BIN_OCCUPANCY))
+    return combine(*codes)
+
+
 def offsets(reach: tuple[int, int, int]) -> np.ndarray:
     """(K, 3) int32 bin offsets scanned by every receiver, the zero offset at ``K // 2``."""
     ranges = [range(-r, r + 1) for r in reach]
@@ -125,7 +145,9 @@ def find_edges(
     index per bin slot (N when empty; the last row is an always-empty bin, ``slots`` a multiple
     of 32), ``slot`` (N,) slot of every atom in its bin. Every pair of bins (bin, bin + offset)
     is a dense (slots x slots) block of distances; hits are packed into 32-bit words. Returns
-    ``senders, receivers, shifts, edge_mask, n_edges`` with static length ``capacity``.
+    ``senders, receivers, shifts, edge_mask, n_edges`` with static length ``capacity`` and
+    ``coincident``, True if two atoms (or an atom and an image) are closer than
+    :data:`jat.graph.errors.MIN_DISTANCE`.
     """
     n_total = int(np.prod(n_bins))
     offs = offsets(reach)
@@ -154,13 +176,15 @@ def find_edges(
         r2 = r2 + d * d
     is_self = (np.arange(n_off)[:, None] == n_off // 2) & np.eye(slots, dtype=bool)[:, None]
     hit = (r2 < cutoff * cutoff) & ~is_self
+    coincident = jnp.any(hit & (r2 < MIN_DISTANCE * MIN_DISTANCE))
     bits = hit.reshape(n_total, slots, n_off, n_words, 32).astype(jnp.uint32)
     bits = bits << jnp.arange(32, dtype=jnp.uint32)
     words = lax.reduce(bits, jnp.uint32(0), lax.bitwise_or, (4,))
     words = jnp.where(receiver_mask[:, None, None], words[atom_bin, slot], 0)
     pair_bin = neighbor_bin[atom_bin].reshape(-1)
     pair_shift = (shift[atom_bin] + image[:, None]).reshape(-1, 3)
-    return compact(words.reshape(-1), n_words, pair_bin, pair_shift, table, image, capacity)
+    edges = compact(words.reshape(-1), n_words, pair_bin, pair_shift, table, image, capacity)
+    return (*edges, coincident)
 
 
 def compact(words, n_words: int, pair_bin, pair_shift, table, image, capacity: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jat.graph._common import find_edges, fractional, reach_overflow
+from jat.graph._common import error_code, find_edges, fractional, reach_overflow
 
 
 def edges(
@@ -19,7 +19,7 @@ def edges(
     """Edges of N >= 1 atoms; ``reach`` is the number of images searched on each side per axis.
 
     positions (N, 3) Å, cell (3, 3) Å, mask (N,) bool. Returns ``senders, receivers, shifts,
-    edge_mask, n_edges, overflow`` as in :class:`jat.graph.Neighbors`.
+    edge_mask, n_edges, error`` as in :class:`jat.graph.Neighbors`.
     """
     n = positions.shape[0]
     wrapped, _, image, height = fractional(positions, cell, pbc)
@@ -40,5 +40,9 @@ def edges(
         mask,
         capacity,
     )
-    overflow = (out[-1] > capacity) | reach_overflow(cutoff, height, (1, 1, 1), reach, pbc)
-    return (*out, overflow)
+    *edges, coincident = out
+    reach_exceeded = reach_overflow(cutoff, height, (1, 1, 1), reach, pbc)
+    error = error_code(
+        edges[-1], capacity, reach_exceeded, coincident, positions, mask, height, pbc
+    )
+    return (*edges, error)

@@ -11,7 +11,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jat.graph._common import REACH_EPS, cumsum, find_edges, fractional, reach_overflow
+from jat.graph._common import (
+    REACH_EPS,
+    cumsum,
+    error_code,
+    find_edges,
+    fractional,
+    reach_overflow,
+)
 
 
 def bin_coordinates(frac, height, mask, cutoff: float, pbc, n_bins):
@@ -43,7 +50,7 @@ def edges(
     """Edges of N >= 1 atoms binned on an ``n_bins`` grid with ``bin_capacity`` slots per bin.
 
     positions (N, 3) Å, cell (3, 3) Å, mask (N,) bool. Returns ``senders, receivers, shifts,
-    edge_mask, n_edges, overflow`` as in :class:`jat.graph.Neighbors`.
+    edge_mask, n_edges, error`` as in :class:`jat.graph.Neighbors`.
     """
     n = positions.shape[0]
     n_total = int(np.prod(n_bins))
@@ -66,9 +73,16 @@ def edges(
     out = find_edges(
         wrapped, image, cell, cutoff, pbc, n_bins, reach, flat, table, slot, mask, capacity
     )
-    overflow = (
-        (out[-1] > capacity)
-        | (jnp.max(counts[:n_total]) > bin_capacity)
-        | reach_overflow(cutoff, height, n_bins, reach, pbc)
+    *edges, coincident = out
+    error = error_code(
+        edges[-1],
+        capacity,
+        reach_overflow(cutoff, height, n_bins, reach, pbc),
+        coincident,
+        positions,
+        mask,
+        height,
+        pbc,
+        bins=jnp.max(counts[:n_total]) > bin_capacity,
     )
-    return (*out, overflow)
+    return (*edges, error)

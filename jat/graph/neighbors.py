@@ -1,8 +1,10 @@
 """Neighbour lists with static shapes: host-side allocation, jittable build, overflow recovery.
 
 Semantics follow ``ase.neighborlist.neighbor_list("ijS", atoms, cutoff)`` with ``i`` the
-receiver and ``j`` the sender: the edge vector is
-``positions[senders] - positions[receivers] + shifts @ cell`` and shorter than the cutoff.
+receiver and ``j`` the sender: every edge j → i with a cell shift S is shorter than the cutoff,
+its vector as :meth:`jat.graph.Graph.edge_vectors` computes it. A build never raises on the data:
+it returns a bit-coded error (:class:`jat.graph.GraphError`), from which the host grows the bound
+that was too small (:func:`grow`, :func:`jat.graph.fit`) or reports an invalid structure.
 """
 
 from __future__ import annotations
@@ -16,13 +18,20 @@ import numpy as np
 
 from jat.graph import all_pairs, cell_list
 from jat.graph._common import REACH_EPS, heights, inverse, offsets, search_basis
+from jat.graph.errors import GROWABLE, CapacityError, GraphError, describe, error_bits
+from jat.graph.geometry import check_cell, normalize_pbc
+from jat.graph.retry import MAX_ATTEMPTS, fit
 
 # "auto" uses all pairs up to this many candidate pairs (atom slots^2 x images); measured on
 # 2 CPU cores at liquid density, the cell list wins above (about 200 atoms in a periodic box,
 # about 1000 without periodicity).
 AUTO_ALL_PAIRS_CANDIDATES = 2**20
 BIN_MARGIN = 1e-4  # periodic bins are at least (1 + BIN_MARGIN) * cutoff high
-MAX_GROW_STEPS = 8
+MAX_GROW_STEPS = MAX_ATTEMPTS
+# The search kernel holds a distance block of (bins x slots x offsets x slots) values; above this
+# many it would need tens of GB. A cell much smaller than the cutoff (thousands of periodic
+# images) is refused instead of exhausting memory.
+MAX_SEARCH_ELEMENTS = 2**30
 EDGE_HEADROOM = 1.1  # default spare edge capacity over the count at allocation
 BIN_HEADROOM = 1.25  # spare atom slots per bin (cell list) over the fullest bin
 CAPACITY_LADDER = 1.05
@@ -34,9 +43,10 @@ class Neighbors:
     """Edge list of static length E; valid edges first, sorted by receiver.
 
     senders (E,) int32 j, receivers (E,) int32 i, shifts (E, 3) int32 cell shift S, mask (E,)
-    bool, n_edges () int32 number of edges found (may exceed E), overflow () bool set when any
-    static bound of the spec was exceeded (the list is then incomplete). Padded edges have
-    ``senders = receivers = N``, ``shifts = 0`` and ``mask = False``.
+    bool, n_edges () int32 number of edges found (may exceed E), error () int32
+    :class:`jat.graph.GraphError` bits (a static bound exceeded: the list is then incomplete;
+    coincident atoms; invalid input). Padded edges have ``senders = receivers = N``,
+    ``shifts = 0`` and ``mask = False``.
     """
 
     senders: jax.Array
@@ -44,7 +54,12 @@ class Neighbors:
     shifts: jax.Array
     mask: jax.Array
     n_edges: jax.Array
-    overflow: jax.Array
+    error: jax.Array
+
+    @property
+    def overflow(self) -> jax.Array:
+        """True where a static bound was exceeded (a growable error bit is set)."""
+        return (self.error & int(GROWABLE)) != 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +80,7 @@ class NeighborSpec:
     bin_capacity: int = 32
 
 
-def _normalize_pbc(pbc, has_cell: bool) -> tuple[bool, bool, bool]:
-    if pbc is None:
-        return (has_cell,) * 3
-    flags = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    return tuple(bool(p) for p in flags)
-
-
-def _bucket(n: float, quantum: int = 64) -> int:
+def capacity_bucket(n: float, quantum: int = 64) -> int:
     """Round ``n`` up to a geometric ladder (ratio ``CAPACITY_LADDER``) of multiples of ``quantum``.
 
     Every padded edge costs as much model time as a real one, so the ladder is fine: capacities
@@ -101,20 +109,12 @@ def _validate(positions, cutoff, cell, pbc, mask):
     if not np.all(np.isfinite(pos[m])):
         raise ValueError("positions contain NaN or inf")
     if cell is None:
-        if any(pbc):
-            raise ValueError(f"pbc={pbc} needs a cell")
-        c = np.zeros((n_batch, 3, 3))
+        c = np.broadcast_to(check_cell(None, pbc), (n_batch, 3, 3))
     else:
         c = np.asarray(cell, dtype=np.float64)
         if c.shape not in ((3, 3), (n_batch, 3, 3)):
             raise ValueError(f"cell must have shape (3, 3) or ({n_batch}, 3, 3), got {c.shape}")
-        c = np.broadcast_to(c, (n_batch, 3, 3))
-        if not np.all(np.isfinite(c)):
-            raise ValueError("cell contains NaN or inf")
-    periodic = [k for k in range(3) if pbc[k]]
-    for b in range(n_batch):
-        if periodic and np.linalg.matrix_rank(c[b][periodic], tol=1e-8) < len(periodic):
-            raise ValueError(f"cell is singular along the periodic axes {periodic}")
+        c = np.stack([check_cell(x, pbc) for x in np.broadcast_to(c, (n_batch, 3, 3))])
     return pos, c, m
 
 
@@ -138,7 +138,7 @@ def allocate(
     picks all pairs while (atom slots rounded to 32)^2 x periodic images <= 2^20, else the
     cell list. Raises ValueError on invalid input.
     """
-    pbc = _normalize_pbc(pbc, cell is not None)
+    pbc = normalize_pbc(pbc, cell is not None)
     pos, cells, masks = _validate(positions, cutoff, cell, pbc, mask)
     geometry = [_geometry(p, c, pbc)[1:] for p, c in zip(pos, cells, strict=True)]
     if method == "auto":
@@ -153,9 +153,37 @@ def allocate(
         spec = NeighborSpec(float(cutoff), 0, method, pbc, reach=_reach(cutoff, geometry, pbc))
     else:
         spec = _cell_list_spec(float(cutoff), pbc, pos, masks, geometry, BIN_HEADROOM)
+    periodic_heights = [float(h[k]) for _, h in geometry for k in range(3) if pbc[k]]
+    check_search_size(spec, pos.shape[1], min(periodic_heights, default=None))
     if capacity is None:
-        capacity = _bucket(_count(pos, cells, masks, spec) * headroom)
+        capacity = capacity_bucket(_count(pos, cells, masks, spec) * headroom)
     return dataclasses.replace(spec, capacity=int(capacity))
+
+
+def search_elements(spec: NeighborSpec, n_atoms: int) -> int:
+    """Number of candidate distances the build's kernel holds at once for ``spec``."""
+    n_off = math.prod(2 * r + 1 for r in spec.reach)
+    if spec.method == "all_pairs":
+        slots = -(-max(n_atoms, 1) // 32) * 32
+        return slots * slots * n_off
+    return math.prod(spec.n_bins) * spec.bin_capacity**2 * n_off
+
+
+def check_search_size(spec: NeighborSpec, n_atoms: int, height: float | None = None) -> None:
+    """Raise :class:`jat.graph.CapacityError` (a clear message, before any memory is taken) when
+    the search for ``spec`` would hold more than :data:`MAX_SEARCH_ELEMENTS` distances, as a
+    cell far smaller than the cutoff needs (thousands of periodic images)."""
+    size = search_elements(spec, n_atoms)
+    if size <= MAX_SEARCH_ELEMENTS:
+        return
+    images = math.prod(2 * r + 1 for r, p in zip(spec.reach, spec.pbc, strict=True) if p)
+    where = f" (smallest cell height {height:.4g} Å)" if height is not None else ""
+    raise CapacityError(
+        f"refusing a neighbour search over {images:.3g} periodic images{where} with cutoff "
+        f"{spec.cutoff:g} Å: it would hold {size:.3g} candidate distances "
+        f"(~{4 * size / 2**30:.3g} GiB, bound {MAX_SEARCH_ELEMENTS:.3g}); the cell is far "
+        "smaller than the cutoff: check its units and size"
+    )
 
 
 def _geometry(positions, cell, pbc):
@@ -248,7 +276,7 @@ def build(positions: jax.Array, cell: jax.Array | None, mask: jax.Array | None, 
     """Jittable neighbour list (``spec`` static); vmappable over positions, cell and mask.
 
     positions (N, 3) Å (float32 or float64), cell (3, 3) Å or None when no axis is periodic,
-    mask (N,) bool or None. Never raises on the data: exceeded bounds set ``overflow``.
+    mask (N,) bool or None. Never raises on the data: problems set bits of ``error``.
     """
     positions = jax.lax.stop_gradient(jnp.asarray(positions))
     if not jnp.issubdtype(positions.dtype, jnp.floating):
@@ -264,7 +292,7 @@ def build(positions: jax.Array, cell: jax.Array | None, mask: jax.Array | None, 
         pad = jnp.zeros(spec.capacity, jnp.int32)
         zero = jnp.zeros((), jnp.int32)
         shifts = jnp.zeros((spec.capacity, 3), jnp.int32)
-        return Neighbors(pad, pad, shifts, pad.astype(bool), zero, zero.astype(bool))
+        return Neighbors(pad, pad, shifts, pad.astype(bool), zero, zero)
     args = (positions, cell, mask, spec.cutoff, spec.pbc)
     if spec.method == "all_pairs":
         out = all_pairs.edges(*args, spec.reach, spec.capacity)
@@ -279,22 +307,35 @@ _build_jit = jax.jit(build, static_argnums=3)
 
 
 def grow(
-    spec: NeighborSpec, neighbors: Neighbors, headroom: float = EDGE_HEADROOM
+    spec: NeighborSpec,
+    neighbors: Neighbors,
+    headroom: float = EDGE_HEADROOM,
+    n_atoms: int | None = None,
 ) -> NeighborSpec:
-    """Host-side: a larger spec after ``neighbors`` (possibly batched) overflowed.
+    """Host-side: a larger spec after ``neighbors`` (possibly batched) reported an overflow.
 
-    If more edges were found than fit, the capacity grows to hold them; otherwise a per-bin or
-    image bound was exceeded, and bin capacity and reach on periodic axes grow by one step.
-    For an exact re-fit to a new geometry call :func:`allocate` instead.
+    Each growable bit of the error code grows its own bound: the edge capacity to hold every
+    edge found, the bin capacity by 32 slots, the reach on periodic axes by one bin. Raises
+    :class:`jat.graph.CapacityError` when the search would grow beyond its memory bound
+    (``n_atoms``, the atom slots, is needed for that check with all pairs). For an exact re-fit
+    to a new geometry call :func:`allocate` instead.
     """
-    if not np.any(np.asarray(neighbors.overflow)):
+    code = error_bits(neighbors.error)
+    if not code & int(GROWABLE):
         return spec
-    n_edges = int(np.max(np.asarray(neighbors.n_edges)))
-    if n_edges > spec.capacity:
-        return dataclasses.replace(spec, capacity=_bucket(n_edges * headroom))
-    reach = tuple(r + 1 if p else r for r, p in zip(spec.reach, spec.pbc, strict=True))
-    bin_capacity = spec.bin_capacity + 32 if spec.method == "cell_list" else spec.bin_capacity
-    return dataclasses.replace(spec, reach=reach, bin_capacity=bin_capacity)
+    changes = {}
+    if code & GraphError.EDGES:
+        n_edges = int(np.max(np.asarray(neighbors.n_edges)))
+        changes["capacity"] = capacity_bucket(max(n_edges, spec.capacity + 1) * headroom)
+    if code & GraphError.BIN_OCCUPANCY and spec.method == "cell_list":
+        changes["bin_capacity"] = spec.bin_capacity + 32
+    if code & GraphError.IMAGES:
+        pairs = zip(spec.reach, spec.pbc, strict=True)
+        changes["reach"] = tuple(r + 1 if p else r for r, p in pairs)
+    grown = dataclasses.replace(spec, **changes)
+    if n_atoms is not None or grown.method == "cell_list":
+        check_search_size(grown, n_atoms or 0)
+    return grown
 
 
 def neighbor_list(
@@ -310,16 +351,33 @@ def neighbor_list(
     """Host convenience: allocate, build (jitted, cached per spec) and grow until complete.
 
     positions (N, 3) Å, cell None or (3, 3) Å, pbc None / bool / 3 bools, mask (N,) bool.
+    Raises ValueError for coincident atoms or an invalid structure.
     """
     spec = allocate(positions, cutoff, cell, pbc, mask, method=method, capacity=capacity)
     cell = None if not any(spec.pbc) else jnp.asarray(cell)
     positions = jnp.asarray(positions)
-    for _ in range(MAX_GROW_STEPS):
-        neighbors = _build_jit(positions, cell, mask, spec)
-        if not bool(neighbors.overflow):
-            return neighbors
-        spec = grow(spec, neighbors)
-    raise RuntimeError(f"neighbour list still overflows after {MAX_GROW_STEPS} grow steps")
+    neighbors, _ = fit(
+        lambda s: _build_jit(positions, cell, mask, s),
+        spec,
+        lambda s, nb, _: grow(s, nb, n_atoms=positions.shape[0]),
+        error=lambda nb: nb.error,
+        what="neighbour list",
+    )
+    code = error_bits(neighbors.error)
+    if code & ~int(GROWABLE):
+        raise ValueError(f"invalid structure for a neighbour list: {describe(code)}")
+    return neighbors
 
 
-__all__ = ["Neighbors", "NeighborSpec", "allocate", "build", "grow", "neighbor_list"]
+__all__ = [
+    "MAX_SEARCH_ELEMENTS",
+    "Neighbors",
+    "NeighborSpec",
+    "allocate",
+    "build",
+    "capacity_bucket",
+    "check_search_size",
+    "grow",
+    "neighbor_list",
+    "search_elements",
+]

@@ -1,48 +1,62 @@
-"""Per-atom energies of a potential: its network's outputs, scaled, plus any fixed pair term.
+"""Per-atom energies of a potential from a :class:`jat.graph.Graph`: its network's outputs,
+scaled, plus any fixed pair term.
 
 Every path that evaluates a potential (``Potential.compute``, the ASE calculator, JAX-MD, the
-training step, the benchmarks) calls :meth:`EnergyModel.atomic_energies`, so what a model is
-trained on is exactly what MD integrates.
+training step, the benchmarks) calls :meth:`EnergyModel.outputs` through
+:func:`jat.predictor.predict`, so what a model is trained on is exactly what MD integrates.
+
+The networks themselves (:mod:`jat.models`) take the graph's species and edge vectors, never
+absolute positions: translation invariance holds by construction. A network returns its per-atom
+energy outputs y_i (N,), or a mapping with ``"energy"`` (N,) and further named per-atom outputs
+(vectors, charges, …), which are passed through as ``extras``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jat.graph import Graph
 from jat.models.repulsion import ZBL
 
 
 @dataclasses.dataclass(frozen=True)
 class EnergyModel:
-    """network: Flax module mapping a graph to per-atom outputs y_i; repulsion: None or ZBL."""
+    """network: Flax module mapping a graph's edges to per-atom outputs y_i; repulsion: None or
+    a ZBL pair term."""
 
     network: nn.Module
     repulsion: ZBL | None = None
 
-    def atomic_energies(
-        self,
-        params,
-        scale: jax.Array,
-        species: jax.Array,
-        edge_vectors: jax.Array,
-        senders: jax.Array,
-        receivers: jax.Array,
-        edge_mask: jax.Array,
-    ) -> jax.Array:
-        """E_i = s_Z y_i + V_rep,i in eV, (N,), 0 on padded atoms (species < 0).
+    def outputs(
+        self, params, scale: jax.Array, graph: Graph
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """E_i = s_Z y_i + V_rep,i in eV, (N,), 0 on padded atoms, and the network's further
+        outputs (a dict, empty for the energy-only models).
 
-        scale (S,) s_Z in eV; the graph as the models take it (edge_vectors (E, 3) Å, senders
-        and receivers (E,) sorted by receiver, edge_mask (E,)). The composition shift μ_Z is
-        not included.
+        scale (S,) s_Z in eV. The composition shift μ_Z is not included (it is added in float64
+        by the caller, :func:`jat.predictor.composition_energy`).
         """
-        y = self.network.apply(params, species, edge_vectors, senders, receivers, edge_mask)
+        vectors = graph.edge_vectors()
+        y = self.network.apply(
+            params, graph.species, vectors, graph.senders, graph.receivers, graph.edge_mask
+        )
+        extras: dict[str, jax.Array] = {}
+        if isinstance(y, Mapping):
+            extras = {k: v for k, v in y.items() if k != "energy"}
+            y = y["energy"]
+        species = graph.species
         e = y * scale[jnp.maximum(species, 0)]
         if self.repulsion is not None:
             e = e + self.repulsion.atomic_energies(
-                species, edge_vectors, senders, receivers, edge_mask
+                species, vectors, graph.senders, graph.receivers, graph.edge_mask
             )
-        return jnp.where(species >= 0, e, 0.0)
+        return jnp.where(species >= 0, e, 0.0), extras
+
+    def atomic_energies(self, params, scale: jax.Array, graph: Graph) -> jax.Array:
+        """(N,) per-atom energies E_i in eV (see :meth:`outputs`)."""
+        return self.outputs(params, scale, graph)[0]

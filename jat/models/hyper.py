@@ -55,7 +55,7 @@ def positive_number(key: str, value: Any, high: float = math.inf) -> float:
 def choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
     if value not in tuple(choices):
         options = ", ".join(repr(c) for c in choices)
-        raise HyperparameterError(key, f"must be one of {options}, got {_show(value)}")
+        raise HyperparameterError(key, f"unknown {key} {_show(value)}; choose from {options}")
     return value
 
 

@@ -126,7 +126,8 @@ class JAT(nn.Module):
         hyper.integer("layers", self.layers, 1, hyper.MAX_LAYERS)
         heads = hyper.integer("heads", self.heads, 1, width)
         if width % heads:
-            raise hyper.HyperparameterError("heads", f"{heads} does not divide width {width}")
+            message = f"width {width} is not divisible by heads {heads}"
+            raise hyper.HyperparameterError("heads", message)
         hyper.choice("edge_feature", self.edge_feature, EDGE_FEATURES)
         hyper.integer("num_basis", self.num_basis, 1, hyper.MAX_BASIS)
         hyper.choice("update", self.update, UPDATES)

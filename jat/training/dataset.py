@@ -3,9 +3,11 @@
 Structures are grouped into at most ``max_buckets`` atom-count buckets chosen to minimise the
 number of padded atom slots. Every structure's neighbour list is built once, with
 :mod:`jat.graph` (capacity allocated from the data, so nothing is dropped), and padded to its
-bucket's edge count. A batch is a set of rows of one bucket; a short last batch is filled with
-copies of a real row whose weight is zero, so shapes stay static and padding never changes a loss
-or a metric.
+bucket's edge count; a structure with two atoms at one position is a :class:`DataError` naming
+it. Positions are stored wrapped into the cell (centred in free space), so the float32 cast of a
+batch keeps their precision. A batch (:class:`Batch`) is a :class:`jat.graph.Graph` of a set of
+rows of one bucket with their labels; a short last batch is filled with copies of a real row
+whose weight is zero, so shapes stay static and padding never changes a loss or a metric.
 """
 
 from __future__ import annotations
@@ -19,8 +21,30 @@ import numpy as np
 
 from jat import graph
 from jat.data.structure import DataError, Structure
+from jat.graph.errors import INPUT
+from jat.graph.geometry import reduce_positions
 
 GRAPH_CHUNK = 64  # structures per vmapped neighbour-list build
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """B structures of one bucket as one disjoint graph, with their labels.
+
+    graph: the :class:`jat.graph.Graph` (B·n atom slots); energy (B,) eV, the reference energy
+    less the composition shift Σ μ_Z (0 where unknown); energy_weight (B,) 1 for real
+    structures with an energy, else 0; forces (B·n, 3) eV/Å; forces_weight (B,) likewise for
+    forces; n_atoms (B,); weight (B,) 1 for real structures, 0 for the fill of a short batch.
+    """
+
+    graph: graph.Graph
+    energy: jax.Array
+    energy_weight: jax.Array
+    forces: jax.Array
+    forces_weight: jax.Array
+    n_atoms: jax.Array
+    weight: jax.Array
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -85,27 +109,30 @@ class Bucket:
             edge_mask=np.concatenate([self.edge_mask, np.zeros((m, extra), bool)], axis=1),
         )
 
-    def batch(self, rows: np.ndarray, size: int, dtype) -> dict[str, jax.Array]:
+    def batch(self, rows: np.ndarray, size: int, dtype) -> Batch:
         """A batch of ``size`` rows (``rows`` padded with weight-zero copies of its first row)."""
         rows = np.asarray(rows)
         weight = np.zeros(size)
         weight[: len(rows)] = 1.0
         rows = np.concatenate([rows, np.full(size - len(rows), rows[0], rows.dtype)])
-        return {
-            "species": jnp.asarray(self.species[rows]),
-            "positions": jnp.asarray(self.positions[rows], dtype),
-            "cell": jnp.asarray(self.cell[rows], dtype),
-            "senders": jnp.asarray(self.senders[rows]),
-            "receivers": jnp.asarray(self.receivers[rows]),
-            "shifts": jnp.asarray(self.shifts[rows]),
-            "edge_mask": jnp.asarray(self.edge_mask[rows]),
-            "energy": jnp.asarray(self.energy[rows], dtype),
-            "energy_weight": jnp.asarray(weight * self.has_energy[rows], dtype),
-            "forces": jnp.asarray(self.forces[rows], dtype),
-            "forces_weight": jnp.asarray(weight * self.has_forces[rows], dtype),
-            "n_atoms": jnp.asarray(self.n_atoms[rows], dtype),
-            "weight": jnp.asarray(weight, dtype),
-        }
+        g = graph.batch_graph(
+            jnp.asarray(self.species[rows]),
+            jnp.asarray(self.positions[rows], dtype),
+            jnp.asarray(self.cell[rows], dtype),
+            jnp.asarray(self.senders[rows]),
+            jnp.asarray(self.receivers[rows]),
+            jnp.asarray(self.shifts[rows]),
+            jnp.asarray(self.edge_mask[rows]),
+        )
+        return Batch(
+            graph=g,
+            energy=jnp.asarray(self.energy[rows], dtype),
+            energy_weight=jnp.asarray(weight * self.has_energy[rows], dtype),
+            forces=jnp.asarray(self.forces[rows].reshape(-1, 3), dtype),
+            forces_weight=jnp.asarray(weight * self.has_forces[rows], dtype),
+            n_atoms=jnp.asarray(self.n_atoms[rows], dtype),
+            weight=jnp.asarray(weight, dtype),
+        )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -143,7 +170,7 @@ class Dataset:
 
     def iterate(
         self, batch_size: int, dtype, rng: np.random.Generator | None = None
-    ) -> Iterator[tuple[int, dict[str, jax.Array]]]:
+    ) -> Iterator[tuple[int, Batch]]:
         for b, rows in self.batches(batch_size, rng):
             yield b, self.buckets[b].batch(rows, batch_size, dtype)
 
@@ -243,7 +270,7 @@ def _bucket(rows, index, n_slots, lookup, cutoff, energy_shift) -> Bucket:
         n = s.n_atoms
         z = _species_indices(s, lookup)
         species[r, :n] = z
-        positions[r, :n] = s.positions
+        positions[r, :n] = reduce_positions(s.positions, s.cell, s.pbc)
         cell[r] = s.cell
         n_atoms[r] = n
         if s.energy is not None:
@@ -256,7 +283,9 @@ def _bucket(rows, index, n_slots, lookup, cutoff, energy_shift) -> Bucket:
     parts = []
     for pbc in sorted(set(pbcs)):
         sel = np.array([k for k, p in enumerate(pbcs) if p == pbc])
-        parts.append((sel, _edges(positions[sel], cell[sel], species[sel] >= 0, pbc, cutoff)))
+        edges = _edges(positions[sel], cell[sel], species[sel] >= 0, pbc, cutoff)
+        _check_coincident(edges, [rows[k] for k in sel], positions[sel], cell[sel], species[sel])
+        parts.append((sel, edges[:4]))
     width = max(8, -(-max(int(e[3].max()) for _, e in parts) // 8) * 8)
     senders = np.full((m, width), n_slots, np.int32)
     receivers = senders.copy()
@@ -290,7 +319,8 @@ def _counts(parts, m: int) -> np.ndarray:
 
 
 def _edges(positions, cell, mask, pbc, cutoff):
-    """Neighbour lists of M structures padded alike: senders, receivers, shifts (M, E), counts.
+    """Neighbour lists of M structures padded alike: senders, receivers, shifts (M, E), counts
+    and error codes (M,).
 
     The spec is allocated on all M structures at once (exact count, no headroom), then the list
     is built in vmapped chunks in float64; an overflow (which allocation rules out) is grown.
@@ -301,21 +331,47 @@ def _edges(positions, cell, mask, pbc, cutoff):
     )
     m = len(positions)
     chunk = min(GRAPH_CHUNK, m)
+    build = jax.jit(
+        jax.vmap(graph.build, in_axes=(0, 0 if periodic else None, 0, None)), static_argnums=3
+    )
+
+    def run(spec):
+        outs = []
+        for start in range(0, m, chunk):
+            sel = np.arange(start, start + chunk) % m
+            nb = build(positions[sel], cell[sel] if periodic else None, mask[sel], spec)
+            outs.append(jax.tree.map(np.asarray, nb))
+        return jax.tree.map(lambda *x: np.concatenate(x)[:m], *outs)
+
     with jax.enable_x64(True):
-        for _ in range(graph.neighbors.MAX_GROW_STEPS):
-            build = jax.jit(
-                jax.vmap(graph.build, in_axes=(0, 0 if periodic else None, 0, None)),
-                static_argnums=3,
-            )
-            outs = []
-            for start in range(0, m, chunk):
-                sel = np.arange(start, start + chunk) % m
-                nb = build(positions[sel], cell[sel] if periodic else None, mask[sel], spec)
-                outs.append(jax.tree.map(np.asarray, nb))
-            nbrs = jax.tree.map(lambda *x: np.concatenate(x)[:m], *outs)
-            if not nbrs.overflow.any():
-                break
-            spec = graph.grow(spec, nbrs, headroom=1.0)
-        else:
-            raise RuntimeError("neighbour lists of the training data keep overflowing")
-    return nbrs.senders, nbrs.receivers, nbrs.shifts, nbrs.n_edges
+        nbrs, _ = graph.fit(
+            run,
+            spec,
+            lambda spec, nb, _: graph.grow(spec, nb, headroom=1.0, n_atoms=positions.shape[1]),
+            error=lambda nb: nb.error,
+            what="neighbour lists of the training data",
+        )
+    return nbrs.senders, nbrs.receivers, nbrs.shifts, nbrs.n_edges, nbrs.error
+
+
+def _check_coincident(edges, structures, positions, cell, species) -> None:
+    """DataError naming the first structure whose neighbour search found atoms at one position
+    (or another invalid input)."""
+    senders, receivers, shifts, counts, errors = edges
+    for r, code in enumerate(np.asarray(errors)):
+        code = int(code)
+        if not code & int(INPUT):
+            continue
+        s = structures[r]
+        if code & graph.GraphError.COINCIDENT:
+            e = np.arange(senders.shape[1]) < counts[r]
+            nb = graph.Neighbors(senders[r], receivers[r], shifts[r], e, counts[r], code)
+            one = graph.single_graph(species[r], positions[r], cell[r], nb)
+            pairs = graph.coincident_pairs(one)
+            if pairs:
+                i, j, d = pairs[0]
+                raise DataError(
+                    f"{s.source}: atoms {i} ({s.symbols[i]}) and {j} ({s.symbols[j]}) are "
+                    f"{d:.2g} Å apart (atoms at the same position)"
+                )
+        raise DataError(f"{s.source}: invalid structure ({graph.describe(code)})")

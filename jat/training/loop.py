@@ -32,8 +32,9 @@ from jat.config import Config, config_to_dict, dump_config, load_config
 from jat.data.readers import detect_format, read_structures
 from jat.data.readers import resolve_path as resolve_data_file
 from jat.data.structure import Structure
+from jat.dtypes import precision
 from jat.models.repulsion import data_radii
-from jat.potential import Potential, _precision
+from jat.potential import Potential
 from jat.training import checkpoint, optim, steps
 from jat.training.dataset import Dataset, align_edge_slots, build_dataset, choose_buckets
 from jat.training.progress import Progress, WandbLogger, describe
@@ -484,7 +485,7 @@ def train(
         cfg = config if config is not None else load_config(None)
         run_dir = _new_run_dir(cfg)
     out = progress or Progress(cfg.logging.progress)
-    with _precision(cfg.model.dtype):
+    with precision(cfg.model.dtype):
         return _train(cfg, run_dir, resume is not None, out, hooks or {})
 
 

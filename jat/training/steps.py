@@ -1,9 +1,10 @@
-"""Pure, jittable training and evaluation steps over a padded batch (see ``dataset.Bucket``).
+"""Pure, jittable training and evaluation steps over a padded batch (:class:`dataset.Batch`).
 
-A batch of B structures is evaluated as one disjoint graph (``jat.potential._network_energy``).
-Energies are compared after subtracting the fixed composition shift Σ μ_Z (done on the host in
-float64), so the network only ever sees O(1) targets. Every sum is weighted by the batch's
-``weight`` (0 for the copies that fill a short batch) and by whether a label exists.
+A batch of B structures is one disjoint :class:`jat.graph.Graph`, evaluated by the predictor
+every other path uses (:func:`jat.predictor.predict`). Energies are compared after subtracting
+the fixed composition shift Σ μ_Z (done on the host in float64), so the network only ever sees
+O(1) targets. Every sum is weighted by the batch's ``weight`` (0 for the copies that fill a short
+batch) and by whether a label exists.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jat import graph
-from jat.potential import _network_energy
+from jat.predictor import predict as predict_graph
 from jat.training.optim import ema_rate, set_learning_rate
 
 
@@ -47,41 +47,23 @@ def log_cosh(x: jax.Array, alpha: float) -> jax.Array:
 
 
 def predict(model, params, scale, batch, forces: bool):
-    """Network energies (B,) in eV (composition shift excluded) and forces (B, N, 3) eV/Å."""
-    b = batch["species"].shape[0]
-    nbrs = graph.Neighbors(
-        senders=batch["senders"],
-        receivers=batch["receivers"],
-        shifts=batch["shifts"],
-        mask=batch["edge_mask"],
-        n_edges=jnp.zeros(b, jnp.int32),
-        overflow=jnp.zeros(b, bool),
-    )
-    strain = jnp.zeros_like(batch["cell"])
-
-    def energy(positions):
-        total, per_atom = _network_energy(
-            model, params, scale, positions, batch["species"], batch["cell"], strain, nbrs
-        )
-        return total, per_atom.sum(axis=1)
-
-    if not forces:
-        return energy(batch["positions"])[1], None
-    grad, energies = jax.grad(energy, has_aux=True)(batch["positions"])
-    return energies, -grad
+    """Network energies (B,) in eV (composition shift excluded) and forces (B·n, 3) eV/Å."""
+    p = predict_graph(model, params, scale, batch.graph, forces=forces)
+    return p.energy, p.forces
 
 
 def errors(model, params, scale, batch, forces: bool):
-    """Residuals: energy per atom (B,), energy per structure (B,), forces (B, N, 3)."""
+    """Residuals: energy per atom (B,), energy per structure (B,), forces (B·n, 3)."""
     energies, f = predict(model, params, scale, batch, forces)
-    de = energies - batch["energy"]
-    df = None if f is None else f - batch["forces"]
-    return de / batch["n_atoms"], de, df
+    de = energies - batch.energy
+    df = None if f is None else f - batch.forces
+    return de / batch.n_atoms, de, df
 
 
 def force_weights(batch) -> jax.Array:
-    """(B, N) weight of each atom's force: 1 for real atoms of labelled, real structures."""
-    return (batch["species"] >= 0) * batch["forces_weight"][:, None]
+    """(B·n,) weight of each atom's force: 1 for real atoms of labelled, real structures."""
+    g = batch.graph
+    return g.node_mask * batch.forces_weight[g.node_graph]
 
 
 def loss_sums(spec: LossSpec, de_atom, df, batch) -> dict[str, tuple[jax.Array, jax.Array]]:
@@ -89,7 +71,7 @@ def loss_sums(spec: LossSpec, de_atom, df, batch) -> dict[str, tuple[jax.Array, 
     atom of real structures, force components of real atoms)."""
     sums = {}
     if spec.energy_weight > 0:
-        w = batch["energy_weight"]
+        w = batch.energy_weight
         sums["energy"] = (jnp.sum(w * log_cosh(de_atom, spec.energy_alpha)), w.sum())
     if spec.forces_weight > 0 and df is not None:
         atom = force_weights(batch)
@@ -111,7 +93,7 @@ def total_loss(spec: LossSpec, terms) -> jax.Array:
 
 def error_sums(de_atom, de, df, batch) -> dict[str, jax.Array]:
     """Sums of absolute and squared errors and their counts, over real structures and atoms."""
-    w = batch["energy_weight"]
+    w = batch.energy_weight
     out = {
         "n_energy": w.sum(),
         "energy_abs": jnp.sum(w * jnp.abs(de)),
@@ -144,7 +126,7 @@ def train_step(model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, b
         ema = params
     else:
         ema = optax.incremental_update(params, state.ema, ema_rate(ema_decay, state.step))
-    weight = batch["weight"].sum()
+    weight = batch.weight.sum()
     metrics = {"loss": loss * weight, "weight": weight}
     metrics.update({f"loss_{k}": v * weight for k, v in terms.items()})
     return TrainState(params, opt_state, ema, state.step + 1), metrics

@@ -1,0 +1,9 @@
+"""``jat.Potential`` and what belongs to it: the value object (:mod:`.potential`), its file
+format (:mod:`.files`), the checks of its inputs (:mod:`.inputs`) and its compiled-function cache
+(:mod:`.compiled`)."""
+
+from jat.dtypes import DTYPES
+from jat.potential.files import FORMAT, FORMAT_VERSION, PotentialFileError
+from jat.potential.potential import Potential, Results
+
+__all__ = ["DTYPES", "FORMAT", "FORMAT_VERSION", "Potential", "PotentialFileError", "Results"]

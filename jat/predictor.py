@@ -1,0 +1,118 @@
+"""The predictor: energy, per-atom energies, forces, virial and further outputs of a graph.
+
+One function, :func:`predict`, turns a network's per-atom outputs on a :class:`jat.graph.Graph`
+into the physical quantities, for every evaluation path of jat:
+
+    E_g = Σ_{i ∈ g} E_i,   F = −∂E/∂r (eV/Å),   W_g = ∂E/∂ε_g (eV, the virial; stress W/V),
+
+the derivative with respect to a symmetric strain ε of structure g applied to its positions and
+cell (:meth:`Graph.deformed`). A leading model axis (several parameter sets on one graph, e.g. a
+committee) is :func:`predict_committee`, the same function under ``vmap``. The per-species
+composition term Σ μ_Z is not part of the compiled function: it is added in float64 on the host
+(:func:`composition_energy`), so large reference energies never pass through float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jat.graph import Graph
+from jat.models.energy import EnergyModel
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """energy (G,) eV and energies (N,) eV without the composition shift; forces (N, 3) eV/Å or
+    None; virial (G, 3, 3) eV or None (stress = virial / volume); extras: the network's further
+    per-atom outputs by name. With a leading model axis every array has one more axis in front."""
+
+    energy: jax.Array
+    energies: jax.Array
+    forces: jax.Array | None = None
+    virial: jax.Array | None = None
+    extras: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
+
+
+def predict(
+    model: EnergyModel,
+    params: Any,
+    scale: jax.Array,
+    graph: Graph,
+    *,
+    forces: bool = True,
+    stress: bool = False,
+) -> Predictions:
+    """Predictions of ``model`` with ``params`` (and per-species scale (S,) eV) on ``graph``.
+
+    Jittable and differentiable (training differentiates through it with respect to
+    ``params``). ``stress`` computes the virial of every structure of the graph.
+    """
+    n_graphs = graph.n_graphs
+
+    def energy(positions, strain):
+        g = dataclasses.replace(graph, positions=positions)
+        if stress:
+            g = g.deformed(strain)
+        e, extras = model.outputs(params, scale, g)
+        return jnp.sum(e), (e, extras)
+
+    strain = jnp.zeros((n_graphs, 3, 3), graph.positions.dtype)
+    f = virial = None
+    if forces or stress:
+        argnums = (0, 1) if stress else (0,)
+        (_, (e, extras)), grads = jax.value_and_grad(energy, argnums, has_aux=True)(
+            graph.positions, strain
+        )
+        if forces:
+            f = -grads[0]
+        if stress:
+            virial = grads[1]
+    else:
+        _, (e, extras) = energy(graph.positions, strain)
+    total = jax.ops.segment_sum(e, graph.node_graph, n_graphs)
+    return Predictions(energy=total, energies=e, forces=f, virial=virial, extras=extras)
+
+
+def predict_committee(
+    model: EnergyModel,
+    params: Any,
+    scale: jax.Array,
+    graph: Graph,
+    *,
+    forces: bool = True,
+    stress: bool = False,
+) -> Predictions:
+    """:func:`predict` for K parameter sets stacked on a leading axis of every leaf of
+    ``params``, on one graph (shared, not copied); every output gains a leading axis K."""
+    one = functools.partial(predict, model, forces=forces, stress=stress)
+    return jax.vmap(one, in_axes=(0, None, None))(params, scale, graph)
+
+
+def composition_energy(energy_shift: np.ndarray, species: np.ndarray) -> float:
+    """Σ_i μ_Z(i) over the real atoms (species ≥ 0) in float64, eV (host)."""
+    species = np.asarray(species)
+    real = species[species >= 0]
+    return float(np.sum(np.asarray(energy_shift, np.float64)[real]))
+
+
+def stress_from_virial(virial: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Stress σ = W / V (3, 3) eV/Å³ from the virial W (eV) and the cell (Å)."""
+    volume = abs(float(np.linalg.det(np.asarray(cell, np.float64))))
+    return np.asarray(virial, np.float64) / volume
+
+
+__all__ = [
+    "Predictions",
+    "composition_energy",
+    "predict",
+    "predict_committee",
+    "stress_from_virial",
+]
