@@ -17,6 +17,8 @@ examples:
   python -m jat.train --resume runs/ean-20261121-101500 # continue an interrupted run
   python -m jat.train --template > my.yaml              # commented template with every option
   python -m jat.train examples/ean.yaml --print-config  # the resolved configuration
+  python -m jat.train --resume RUN_DIR --print-config   # the configuration a run uses
+  python -m jat.train --schema > jat-config.schema.json # JSON schema, for editors
 """
 
 
@@ -31,14 +33,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     parser.add_argument("--template", action="store_true", help="print a commented template")
     parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved configuration and exit"
+        "--schema", action="store_true", help="print the JSON schema of the configuration file"
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration (with --resume: the run's) and exit",
     )
     ns = parser.parse_args(argv)
 
-    from jat.config import ConfigError, dump_config, load_config, template
+    from jat.config import ConfigError, dump_config, load_config, load_run_config, template
 
     if ns.template:
         print(template(), end="")
+        return 0
+    if ns.schema:
+        import json
+
+        from jat.config import json_schema
+
+        print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
         return 0
     config_path = None
     overrides = list(ns.args)
@@ -48,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.resume:
             if config_path or overrides:
                 parser.error("--resume takes the configuration from the run directory")
-            cfg = None
+            cfg = load_run_config(ns.resume) if ns.print_config else None
         else:
             cfg = load_config(config_path, overrides)
     except (ConfigError, FileNotFoundError) as err:

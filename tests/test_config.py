@@ -19,6 +19,7 @@ from jat.config import (
     parse_duration,
     template,
 )
+from jat.config.values import Section
 from jat.models import MODELS
 
 
@@ -31,13 +32,13 @@ def _error(path=None, overrides=(), text=None, tmp_path=None) -> ConfigError:
     return info.value
 
 
-def _sections(obj):
-    """Every (dotted key, field) of the schema, sections included."""
-    for f in dataclasses.fields(obj):
-        yield f.name, f
-        if "section" in f.metadata:
-            for key, sub in _sections(getattr(obj, f.name)):
-                yield f"{f.name}.{key}", sub
+def _options(cls, prefix=""):
+    """Every dotted option key of the schema (sections recursed into, model.hyper left out)."""
+    for name, info in cls.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, Section):
+            yield from _options(info.annotation, f"{prefix}{name}.")
+        elif not (cls is ModelConfig and name == "hyper"):
+            yield f"{prefix}{name}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,20 +77,22 @@ def test_template_round_trip():
         "out-of-sample",
         "  layers: 3               # any hyperparameter of the model; here JAT's",
         "  lr_min: 5.0e-4          # one-cycle: start, reached again at 90 % of the steps",
-        "  wandb_project: jat",
+        "  wandb_project: jat      # Weights & Biases project",
+        "  name: jat               # jat | schnet | bessel; the model class in jat.models",
     ):
         assert line in lines
-    # Every option of the schema is in the template, documented unless it is self-explanatory.
+    # Every option of the schema is in the template, with a comment.
     undocumented = set()
-    for key, f in _sections(Config()):
-        if "section" in f.metadata or f.metadata.get("hyper"):
-            continue
+    for key in _options(Config):
         name = key.rsplit(".", 1)[-1]
         matches = [ln for ln in lines if ln.lstrip().startswith(f"{name}:")]
         assert matches, key
         if not any("#" in ln for ln in matches):
             undocumented.add(key)
-    assert undocumented == {"logging.wandb_project"}
+    assert undocumented == set()
+    # Every model is listed with its hyperparameters.
+    for name in MODELS:
+        assert any(ln.startswith(f"  #   {name}: ") for ln in lines), name
 
 
 def test_dump_round_trip(tmp_path):
@@ -318,7 +321,7 @@ def test_unknown_key_in_file_names_file_and_lists_valid_keys(tmp_path):
         ("optimizer.per_epoch=1", "optimizer.per_epoch", "expected true or false, got 1"),
         ("loss.energy_weight=-1", "loss.energy_weight", "must be >= 0"),
         ("loss.forces_alpha=0", "loss.forces_alpha", "must be > 0"),
-        ("data.format=xyz", "data.format", "must be one of auto, neuralil, ani1, md17, ase"),
+        ("data.format=xyz", "data.format", "must be one of auto, ani1, neuralil, md17, ase"),
         ("data.split.by=atom", "data.split.by", "must be one of configuration, molecule, auto"),
         ("data.split.validation=-1", "data.split.validation", "must be >= 0"),
         ("data.split.validation=2.5", "data.split.validation", "a fraction must be < 1"),
@@ -508,3 +511,84 @@ def test_models_are_looked_up_not_hard_coded(monkeypatch):
     assert "toy" in _error(None, ["model.name=nope"]).message
     err = _error(None, ["model.name=toy", "model.dept=3"])
     assert err.message == "not a hyperparameter of model 'toy'; did you mean 'depth'?"
+
+
+# --------------------------------------------------------------------------------------------
+# Model hyperparameters: range-checked by the model class
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "message"),
+    [
+        (["model.heads=0"], "model.heads", "must be between 1 and 32, got 0"),
+        (["model.width=0"], "model.width", "must be between 1 and"),
+        (["model.layers=-1"], "model.layers", "must be between 1 and"),
+        (["model.heads=5"], "model.heads", "5 does not divide width 32"),
+        (["model.readout=[64, 0]"], "model.readout", "entry 1: must be between 1 and"),
+        (["model.envelope=square"], "model.envelope", "must be one of"),
+        (["model.name=schnet", "model.features=1"], "model.features", "must be between 2 and"),
+        (["model.name=bessel", "model.widths=[]"], "model.widths", "must not be empty"),
+        (["model.cutoff=5000"], "model.cutoff", "at most 1000"),
+    ],
+)
+def test_model_hyperparameters_are_range_checked(overrides, key, message):
+    err = _error(None, overrides)
+    assert (err.source, err.key) == ("command line", key)
+    assert message in err.message
+
+
+def test_model_range_error_names_the_file(tmp_path):
+    path = tmp_path / "ean.yaml"
+    path.write_text("model:\n  width: 48\n  heads: 0\n")
+    err = _error(path)
+    assert str(err) == f"{path}: model.heads: must be between 1 and 48, got 0"
+    err = _error(path, ["model.heads=7"])
+    assert str(err) == "command line: model.heads: 7 does not divide width 48"
+
+
+def test_model_section_python_forms():
+    assert ModelConfig(name="schnet", features=64).hyper == {"features": 64}
+    assert ModelConfig(name="schnet", hyper={"features": 64}) == ModelConfig(
+        name="schnet", features=64
+    )
+    assert ModelConfig(hyper={"width": 64}).hyper == {"width": 64}  # exactly what is given
+    assert Config(model={"name": "bessel", "widths": [8]}).model.hyper == {"widths": (8,)}
+    with pytest.raises(ValueError, match="must be between 1 and"):
+        ModelConfig(heads=0)
+    # In a file, "hyper" is not a key: the hyperparameters are written flat.
+    err = _error(None, ["model.hyper={width: 64}"])
+    assert err.key == "model.hyper" and "not a hyperparameter of model 'jat'" in err.message
+
+
+def test_config_objects_are_frozen_and_hashable():
+    cfg = load_config(None, ["data.train=[a.h5, b.h5]", "training.time_budget=20m"])
+    for obj, name in ((cfg.data, "train"), (cfg.model, "hyper"), (cfg.data.split, "test")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, name, None)
+    assert cfg.data.train == ("a.h5", "b.h5") and cfg.training.time_budget == 1200.0
+    assert {cfg: 1}[load_config(None, ["data.train=[a.h5, b.h5]", "training.time_budget=1200"])]
+
+
+def test_choices_suggest_the_closest():
+    err = _error(None, ["training.monitor=forces_ma"])
+    assert err.message.endswith("(did you mean 'forces_mae'?)")
+    assert "did you mean 'schnet'" in _error(None, ["model.name=shcnet"]).message
+
+
+def test_sections_must_be_mappings_with_string_keys(tmp_path):
+    err = _error(None, ["model=5"])
+    assert (err.key, err.message) == ("model", "expected a mapping of options, got 5")
+    err = _error(text="data:\n  1: a\n", tmp_path=tmp_path)
+    assert (err.key, err.message) == ("data", "keys must be strings, got 1")
+
+
+def test_defaults_do_not_import_jax():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from jat.config import Config, config_from_dict, load_config; "
+        "Config(); load_config(None, ['training.epochs=3']); config_from_dict({'seed': 1}); "
+        "assert 'jax' not in sys.modules, 'jax imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,11 +1,14 @@
-"""Terminal progress (a bar on a TTY, plain lines otherwise) and optional wandb logging."""
+"""Terminal progress (a tqdm bar on a terminal, plain lines otherwise) and wandb logging."""
 
 from __future__ import annotations
 
 import math
 import sys
-import time
 from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from jat.config.options import PROGRESS_MODES
 
 
 def _fmt(metrics: dict[str, float], prefix: str) -> str:
@@ -34,36 +37,54 @@ def describe(metrics: dict[str, float]) -> str:
 
 
 class Progress:
-    """Epoch lines, and within an epoch a live bar when writing to a terminal."""
+    """Epoch lines, and within an epoch a live tqdm bar when writing to a terminal.
+
+    ``mode``: ``bar`` (a bar per epoch, replaced by the epoch's line), ``lines`` (the epoch lines
+    only, for logs), ``none`` (silent) or ``auto`` (``bar`` if ``stream`` is a terminal, else
+    ``lines``).
+    """
+
+    MODES = PROGRESS_MODES
 
     def __init__(self, mode: str = "auto", stream: TextIO | None = None):
+        if mode not in self.MODES:
+            raise ValueError(f"progress mode must be one of {', '.join(self.MODES)}, got {mode!r}")
         self.stream = stream or sys.stdout
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.mode = ("bar" if tty else "lines") if mode == "auto" else mode
-        self._last = 0.0
+        self._bar: tqdm | None = None
+        self._bar_epoch: int | None = None
 
     def message(self, text: str) -> None:
-        if self.mode != "none":
+        if self.mode == "none":
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)  # above the bar, which is redrawn
+            self.stream.flush()
+        else:
             print(text, file=self.stream, flush=True)
 
     def step(self, epoch: int, epochs: int, done: int, total: int) -> None:
         if self.mode != "bar":
             return
-        now = time.monotonic()
-        if done < total and now - self._last < 0.2:
-            return
-        self._last = now
-        width = 30
-        filled = int(width * done / max(total, 1))
-        bar = "█" * filled + "·" * (width - filled)
-        self.stream.write(f"\repoch {epoch}/{epochs} |{bar}| {done}/{total}")
-        self.stream.flush()
+        if self._bar is None or self._bar_epoch != epoch:
+            self.close()
+            self._bar = tqdm(
+                total=total,
+                desc=f"epoch {epoch}/{epochs}",
+                unit="step",
+                file=self.stream,
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=0.2,
+            )
+            self._bar_epoch = epoch
+        self._bar.update(done - self._bar.n)
 
     def epoch(self, row: dict[str, Any], epochs: int) -> None:
         if self.mode == "none":
             return
-        if self.mode == "bar":
-            self.stream.write("\r\033[K")
+        self.close()
         val = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
         loss = row.get("train_loss", math.nan)
         text = (
@@ -74,6 +95,12 @@ class Progress:
         if row.get("best"):
             text += "  *"
         print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Remove the current bar, if any (the next step starts a new one)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar, self._bar_epoch = None, None
 
 
 class WandbLogger:

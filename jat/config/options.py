@@ -1,0 +1,293 @@
+"""The sections of the training configuration: every option with its type and bounds, its
+default and its description (the template's comment), in one place.
+
+Choice lists that jat keeps elsewhere come from their registries: reader formats from
+:data:`jat.data.readers.FORMATS`, models, dtypes and repulsion kinds in
+:mod:`jat.config.model_section`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+
+from jat.config.model_section import ModelConfig
+from jat.config.values import (
+    Amount,
+    Bool,
+    Choice,
+    Duration,
+    FilePath,
+    Files,
+    Float,
+    Formulas,
+    Int,
+    Invalid,
+    RunName,
+    Section,
+    Species,
+    Text,
+    Units,
+)
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+#: The modes of :class:`jat.training.progress.Progress`.
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+
+
+def formats() -> tuple[str, ...]:
+    """``auto`` and the reader formats of :data:`jat.data.readers.FORMATS`."""
+    from jat.data.readers import FORMATS
+
+    return ("auto", *FORMATS)
+
+
+class Ani1Config(Section):
+    """Options of the ANI-1 reader."""
+
+    fraction: Float(gt=0, le=1) = Field(
+        1.0, description="fraction of each molecule's conformations drawn (the thesis used 0.05)"
+    )
+    high_energy: Bool = Field(
+        False, description="also read the high-energy conformations (coordinatesHE)"
+    )
+
+
+class SplitConfig(Section):
+    """How the training files are split into training, validation and test sets."""
+
+    by: Annotated[str, Choice(("configuration", "molecule", "auto"))] = Field(
+        "auto", description="auto: molecule for ANI-1, else configuration"
+    )
+    validation: Amount = Field(
+        0.1, description="fraction (< 1) or number (>= 1) of structures for validation"
+    )
+    test: Amount = Field(
+        0.0,
+        description="fraction or number held out for testing; by molecule: of whole molecules",
+    )
+    n_train: Int(gt=0) | None = Field(
+        None, description="cap on the number of training structures after the split"
+    )
+    exclude_formulas: Formulas = Field(
+        (),
+        description="formulas (e.g. [C2H6]) kept out of training, evaluated as out-of-sample",
+    )
+
+    @model_validator(mode="after")
+    def _fractions_leave_training(self) -> SplitConfig:
+        v, t = self.validation, self.test
+        if 0 < v < 1 and 0 < t < 1 and v + t >= 1:
+            raise Invalid(
+                f"validation and test fractions add up to {v + t:g}; nothing is left for training",
+                keys=("validation", "test"),
+            )
+        return self
+
+
+class DataConfig(Section):
+    """The reference data: files, reader, species and split."""
+
+    train: Files = Field(
+        ("builtin",),
+        description='file or list of files; "builtin" = the EAN GFN2-xTB set shipped with jat',
+    )
+    validation: Files | None = Field(
+        None, description="optional separate file(s); null = split off the training files"
+    )
+    test: Files | None = Field(
+        None, description="optional separate file(s) for a final test evaluation"
+    )
+    format: Annotated[str, Choice(formats)] = Field(
+        "auto", description="reader of the files; auto: by file extension"
+    )
+    species: Species | None = Field(
+        None, description="element symbols, e.g. [H, C, N, O]; null = every element in the data"
+    )
+    composition: Units | None = Field(
+        None,
+        description="neuralil format only: repeating units, e.g. [NHHHCHHCHHH, NOOO]; null = EAN",
+    )
+    ani1: Ani1Config = Field(default_factory=Ani1Config)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _composition_for_neuralil(self) -> DataConfig:
+        if self.composition is not None and self.format not in ("auto", "neuralil"):
+            raise Invalid(
+                f"only used by the neuralil format, not {self.format!r}", keys=("composition",)
+            )
+        if self.composition is not None and not self.composition:
+            raise Invalid(
+                "expected at least one repeating unit (null = EAN)", keys=("composition",)
+            )
+        return self
+
+
+class LossConfig(Section):
+    """The training loss: log-cosh of force components and of the energy per atom."""
+
+    forces_weight: Float(ge=0) = Field(1.0, description="weight of the force term")
+    energy_weight: Float(ge=0) = Field(0.0, description="weight ρ of the energy-per-atom term")
+    forces_alpha: Float(gt=0) = Field(
+        0.1, description="log-cosh scale α of force components (eV/Å)"
+    )
+    energy_alpha: Float(gt=0) = Field(
+        0.01, description="log-cosh scale α of the energy per atom (eV/atom)"
+    )
+
+    @model_validator(mode="after")
+    def _something_trained(self) -> LossConfig:
+        if self.forces_weight == 0 and self.energy_weight == 0:
+            raise Invalid(
+                "forces_weight and energy_weight are both 0; nothing would be trained",
+                keys=("forces_weight", "energy_weight"),
+            )
+        return self
+
+
+class OptimizerConfig(Section):
+    """The optimiser, the learning-rate schedule, clipping and the parameter average."""
+
+    name: Annotated[str, Choice(("adam", "adamw"))] = Field(
+        "adam", description="adamw: with decoupled weight decay"
+    )
+    schedule: Annotated[str, Choice(("onecycle", "constant"))] = Field(
+        "onecycle", description="learning-rate schedule (constant uses lr_max)"
+    )
+    lr_min: Float(gt=0) = Field(
+        5.0e-4, description="one-cycle: start, reached again at 90 % of the steps"
+    )
+    lr_max: Float(gt=0) = Field(3.0e-3, description="one-cycle: peak at 45 % of the steps")
+    lr_final: Float(gt=0) = Field(5.0e-6, description="one-cycle: value at the last step")
+    per_epoch: Bool = Field(
+        False, description="restart the cycle every epoch (the original code's behaviour)"
+    )
+    weight_decay: Float(ge=0) = Field(0.0, description="decoupled weight decay (adamw only)")
+    clip_norm: Float(gt=0) | None = Field(
+        10.0, description="clip the global gradient norm; null = no clipping"
+    )
+    ema_decay: Float(ge=0, lt=1) | None = Field(
+        0.99, description="exponential moving average of the parameters; null = off"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OptimizerConfig:
+        if self.weight_decay > 0 and self.name != "adamw":
+            raise Invalid(
+                f"weight_decay = {self.weight_decay:g} needs optimizer.name: adamw "
+                f"(got {self.name!r})",
+                keys=("weight_decay", "name"),
+            )
+        if self.schedule == "onecycle":
+            for low in ("lr_min", "lr_final"):
+                if getattr(self, low) > self.lr_max:
+                    raise Invalid(
+                        f"{low} = {getattr(self, low):g} exceeds the one-cycle peak "
+                        f"lr_max = {self.lr_max:g}",
+                        keys=(low, "lr_max"),
+                    )
+        return self
+
+
+class TrainingConfig(Section):
+    """Epochs, batches, the time budget, early stopping and checkpoints."""
+
+    epochs: Int(gt=0) = Field(
+        200, description="number of epochs (an upper bound when time_budget is set)"
+    )
+    batch_size: Int(gt=0) = Field(8, description="structures per training step")
+    eval_batch_size: Int(gt=0) | None = Field(
+        None, description="structures per evaluation step; null = batch_size"
+    )
+    time_budget: Duration | None = Field(
+        None, description="wall-clock budget for the whole run; the schedule is fitted to it"
+    )
+    patience: Int(gt=0) | None = Field(
+        None, description="stop after this many epochs without a better validation score"
+    )
+    monitor: Annotated[str, Choice(("auto", "forces_mae", "energy_mae", "loss"))] = Field(
+        "auto", description="score of the best model; auto: forces_mae if forces are trained"
+    )
+    eval_every: Int(gt=0) = Field(1, description="validate every this many epochs")
+    max_buckets: Int(gt=0) = Field(
+        4, description="maximum number of static batch shapes (compilations)"
+    )
+    energy_reference: Annotated[str, Choice(("fit", "none"), null_as="none")] = Field(
+        "fit", description="fit: per-species shift by least squares on element counts"
+    )
+    checkpoint_every: Int(gt=0) = Field(
+        1, description='write the "last" checkpoint every this many epochs'
+    )
+
+
+class LoggingConfig(Section):
+    """Terminal progress and Weights & Biases."""
+
+    progress: Annotated[str, Choice(PROGRESS_MODES, null_as="none")] = Field(
+        "auto", description="auto: a bar on a terminal, lines otherwise"
+    )
+    wandb: Bool = Field(False, description="log to Weights & Biases")
+    wandb_project: Text = Field("jat", description="Weights & Biases project")
+    wandb_mode: Annotated[str, Choice(("offline", "online"))] = Field(
+        "offline", description="offline needs no network or account"
+    )
+
+
+class Config(Section):
+    """A jat training configuration. Units: Å, eV, eV/Å. Durations: seconds or "20m", "1.5h"."""
+
+    name: RunName = Field(
+        "jat",
+        description="run name; the run directory is <output_dir>/<name>-<YYYYmmdd-HHMMSS> "
+        "unless run_dir is set",
+    )
+    run_dir: FilePath | None = Field(
+        None, description="explicit run directory (null: made from output_dir and name)"
+    )
+    output_dir: FilePath = Field("runs", description="parent directory of new run directories")
+    seed: Int(ge=0) = Field(
+        0, description="seeds the split, the shuffling and the initial parameters"
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    # The default is not validated, so that Config() does not import JAX (see model_section).
+    model: ModelConfig = Field(default_factory=ModelConfig.model_construct)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a configuration file, for editors and checks."""
+    schema = Config.model_json_schema()
+    return {"$schema": JSON_SCHEMA_DIALECT, **schema, "title": "jat training configuration"}
+
+
+def section_class(path: tuple[str, ...]) -> type[Section] | None:
+    """The section model at a dotted path (``()``: :class:`Config`), ``None`` if not a section."""
+    cls: Any = Config
+    for part in path:
+        info = cls.model_fields.get(part) if isinstance(cls, type) else None
+        cls = info.annotation if info is not None else None
+        if not (isinstance(cls, type) and issubclass(cls, Section)):
+            return None
+    return cls
+
+
+__all__ = [
+    "JSON_SCHEMA_DIALECT",
+    "PROGRESS_MODES",
+    "Ani1Config",
+    "Config",
+    "DataConfig",
+    "LoggingConfig",
+    "LossConfig",
+    "OptimizerConfig",
+    "SplitConfig",
+    "TrainingConfig",
+    "formats",
+    "json_schema",
+    "section_class",
+]
