@@ -64,7 +64,7 @@ def model_names() -> tuple[str, ...]:
 
 
 def dtypes() -> tuple[str, ...]:
-    from jat.potential import DTYPES
+    from jat.dtypes import DTYPES
 
     return tuple(DTYPES)
 
