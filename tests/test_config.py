@@ -523,9 +523,9 @@ def test_models_are_looked_up_not_hard_coded(monkeypatch):
         (["model.heads=0"], "model.heads", "must be between 1 and 32, got 0"),
         (["model.width=0"], "model.width", "must be between 1 and"),
         (["model.layers=-1"], "model.layers", "must be between 1 and"),
-        (["model.heads=5"], "model.heads", "5 does not divide width 32"),
+        (["model.heads=5"], "model.heads", "width 32 is not divisible by heads 5"),
         (["model.readout=[64, 0]"], "model.readout", "entry 1: must be between 1 and"),
-        (["model.envelope=square"], "model.envelope", "must be one of"),
+        (["model.envelope=square"], "model.envelope", "unknown envelope 'square'; choose from"),
         (["model.name=schnet", "model.features=1"], "model.features", "must be between 2 and"),
         (["model.name=bessel", "model.widths=[]"], "model.widths", "must not be empty"),
         (["model.cutoff=5000"], "model.cutoff", "at most 1000"),
@@ -543,7 +543,7 @@ def test_model_range_error_names_the_file(tmp_path):
     err = _error(path)
     assert str(err) == f"{path}: model.heads: must be between 1 and 48, got 0"
     err = _error(path, ["model.heads=7"])
-    assert str(err) == "command line: model.heads: 7 does not divide width 48"
+    assert str(err) == "command line: model.heads: width 48 is not divisible by heads 7"
 
 
 def test_model_section_python_forms():
