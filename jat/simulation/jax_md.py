@@ -383,13 +383,16 @@ def _jax_md_backend(potential, model, box, fractional, skin, format, multiplier,
         error = nbrs.error.update(partition.PEC.NEIGHBOR_LIST_OVERFLOW, count > capacity)
         return dataclasses.replace(nbrs, error=error, update_fn=update)
 
+    count_jit = jax.jit(count_within)
+    flagged_jit = jax.jit(flagged)
+
     def allocate(R, extra_capacity: int = 0, **kwargs):
         """Host: jax-md's allocation, with room for the model's edges within the cutoff."""
         R = _checked_positions(R, n_atoms)
 
         def run(extra):
             nbrs = _plain_static_fields(fns.allocate(R, extra, **kwargs))
-            return nbrs, count_within(R, nbrs, kwargs)
+            return nbrs, count_jit(R, nbrs, kwargs)
 
         def short(result):
             count, capacity, n_listed, _ = result[1]
@@ -407,7 +410,7 @@ def _jax_md_backend(potential, model, box, fractional, skin, format, multiplier,
         if bool(coincident):
             problem = graph.describe(GraphError.COINCIDENT)
             raise ValueError(f"invalid structure at allocation: {problem}")
-        return flagged(R, nbrs, kwargs)
+        return flagged_jit(R, nbrs, kwargs)
 
     def update(R, neighbors, **kwargs):
         nbrs = fns.update(R, _plain_static_fields(neighbors), **kwargs)
@@ -484,7 +487,7 @@ def _jat_backend(potential, model, box, skin, n_atoms):
             R, potential.cutoff, cell=cell if periodic else None, pbc=pbc, skin=skin,
             extra_slots=extra_capacity * n_atoms,
         )
-        nbrs = nbrs.update(R, current_cell(R, kwargs))
+        nbrs = _update_jit(nbrs, R, current_cell(R, kwargs))
         _raise_if_invalid(nbrs, "at allocation")
         return nbrs
 
@@ -513,6 +516,11 @@ def _jat_backend(potential, model, box, skin, n_atoms):
         return R + dR
 
     return MDFunctions(energy_fn, JatNeighborFns(allocate, update), displacement, shift, box)
+
+
+@jax.jit
+def _update_jit(nbrs: graph.SkinList, R, cell) -> graph.SkinList:
+    return nbrs.update(R, cell)
 
 
 def _checked_positions(R, n_atoms: int) -> np.ndarray:
