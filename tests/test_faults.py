@@ -250,7 +250,7 @@ def test_random_kills_always_leave_a_resumable_run(data, tmp_path, references, s
             break
         if attempt == 2:  # one kill at a random time rather than at a named point
             proc = _popen(args)
-            delay = rng.uniform(3.0, 10.0)
+            delay = rng.uniform(2.0, 7.0)
             try:
                 proc.wait(timeout=delay)
             except subprocess.TimeoutExpired:
