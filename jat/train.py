@@ -74,14 +74,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from jat.data.structure import DataError
     from jat.training import train
+    from jat.training.errors import RunCompleteError, RunError, TrainingInterrupted
 
     try:
         train(cfg, resume=ns.resume)
-    except (DataError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except RunCompleteError as err:
+        print(err)
+        return err.exit_code
+    except RunError as err:  # refusals, write failures, non-finite losses: the message says
+        print(f"error: {err}", file=sys.stderr)  # what is intact and what to do
+        return err.exit_code
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; resume with `python -m jat.train --resume RUN_DIR`", file=sys.stderr)
+    except TrainingInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the run directory was claimed: nothing to resume
+        print("\ninterrupted before the run started; nothing was written", file=sys.stderr)
         return 130
     return 0
 

@@ -4,8 +4,10 @@ checkpoints, exact resume after a crash, the command line."""
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +19,17 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 import jat
-from jat.config import config_from_dict
+from jat import atomic_io
+from jat.config import config_from_dict, dump_config
 from jat.data import read_structures
 from jat.data.structure import Structure
-from jat.training import checkpoint, optim, steps, train
+from jat.training import checkpoint, optim, planning, steps, train
 from jat.training.dataset import align_edge_slots, build_dataset, choose_buckets
+from jat.training.errors import NonFiniteError, RunCompleteError, RunExistsError
 from jat.training.loop import METRICS_FILE
+from jat.training.progress import Progress
 from jat.training.splits import fit_energy_reference, split_indices
+from jat.training.state import RunProgress
 
 TINY = {"name": "jat", "cutoff": 3.0, "layers": 1, "width": 8, "heads": 1}
 TIME_KEYS = {"train_structures_per_s", "train_atoms_per_s", "train_time", "epoch_time", "elapsed"}
@@ -274,9 +280,137 @@ def test_crash_while_writing_checkpoint_keeps_previous(emt_files, tmp_path, monk
 
     monkeypatch.setattr(checkpoint.serialization, "msgpack_serialize", broken)
     with pytest.raises(OSError):
-        checkpoint.save_checkpoint(last, pot, {"x": 1}, {"epoch": 99})
+        checkpoint.save_checkpoint(last, pot, None, RunProgress(epoch=99))
     assert (last / "train_state.msgpack").read_bytes() == before
     assert json.loads((last / "progress.json").read_text())["epoch"] == 2
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: no ``except Exception`` clean-up runs for it."""
+
+
+def _kill_at(at_epoch, at_step):
+    def hook(epoch, step, state):
+        if (epoch, step) == (at_epoch, at_step):
+            raise Killed
+
+    return {"after_step": hook}
+
+
+@pytest.fixture(scope="module")
+def reference(emt_files, tmp_path_factory):
+    """An uninterrupted run of the default test configuration (3 epochs)."""
+    return train(_config(emt_files / "cu.extxyz", tmp_path_factory.mktemp("reference")))
+
+
+def _same_rows(a, b):
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ra.keys() - TIME_KEYS:
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-12), key
+
+
+def test_run_killed_before_its_first_checkpoint_is_resumed_from_the_start(
+    emt_files, tmp_path, reference
+):
+    """It used to be neither resumable (no checkpoint) nor restartable (the directory holds a
+    run), each message pointing at the other command."""
+    cfg = _config(emt_files / "cu.extxyz", tmp_path)
+    with pytest.raises(Killed):
+        train(cfg, hooks=_kill_at(1, 1))
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and not (run / "last").exists()
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(cfg)
+    out = io.StringIO()
+    jat.training.resume(run, progress=Progress("lines", out))
+    assert "starting it again from the beginning" in out.getvalue()
+    _same_rows(_rows(reference.run_dir), _rows(run))
+
+
+def test_non_finite_step_stops_training_and_never_becomes_best(
+    emt_files, tmp_path, monkeypatch, reference
+):
+    """From epoch 3 on the learning rate is 1e30: the first such step is finite, the next one's
+    loss is not. Training stops at the end of that epoch naming the batch; nothing of epoch 3 is
+    written and best/ and last/ keep finite parameters."""
+    original = steps.train_step
+    spe = _rows(reference.run_dir)[0]["step"]
+
+    def exploding(model, tx, spec, ema_decay, state, scale, batch, lr):
+        lr = jnp.where(state.step >= 2 * spe, jnp.float32(1e30), lr)
+        return original(model, tx, spec, ema_decay, state, scale, batch, lr)
+
+    monkeypatch.setattr(steps, "train_step", exploding)
+    cfg = _config(emt_files / "cu.extxyz", tmp_path, optimizer={"ema_decay": None})
+    with pytest.raises(NonFiniteError) as info:
+        train(cfg)
+    text = str(info.value)
+    assert f"epoch 3, step 2 of {spe}" in text and "the loss became" in text
+    assert "cu.extxyz:frame " in text  # the structures of the batch, by file and entry
+    assert "checkpoint of epoch 2" in text
+    run = tmp_path / "run"
+    assert [r["epoch"] for r in _rows(run)] == [1, 2]
+    for name in ("best", "last"):
+        pot = jat.Potential.load(run / name)
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(pot.params)), name
+    assert json.loads((run / "last" / "progress.json").read_text())["epoch"] == 2
+
+
+def test_run_that_stopped_on_patience_is_not_trained_on(emt_files, tmp_path):
+    """A learning rate of 1e-30 leaves the parameters as they are, so epoch 2 does not improve
+    and patience 1 stops the run. Resuming it is refused; killed before its summary was written
+    it is finished without training, also from a checkpoint older than recorded stop reasons."""
+    cfg = _config(
+        emt_files / "cu.extxyz",
+        tmp_path,
+        training={"epochs": 6, "patience": 1},
+        optimizer={"schedule": "constant", "lr_max": 1e-30, "ema_decay": None},
+    )
+    result = train(cfg)
+    run = result.run_dir
+    assert result.summary["stop_reason"] == "patience" and result.summary["epochs"] == 2
+    with pytest.raises(RunCompleteError, match="complete.*no improvement in 1 evaluations"):
+        jat.training.resume(run)
+    progress = run / "last" / "progress.json"
+    old = json.loads(progress.read_text())
+    del old["stop_reason"]  # as written before stop reasons were recorded
+    progress.write_text(json.dumps(old))
+    (run / "summary.json").unlink()
+    out = io.StringIO()
+    again = jat.training.resume(run, progress=Progress("lines", out))
+    assert "finishing it" in out.getvalue()
+    assert [r["epoch"] for r in _rows(run)] == [1, 2]
+    assert again.summary["best_epoch"] == 1 and again.summary["stop_reason"] == "patience"
+
+
+def test_time_budget_run_resumes_on_its_planned_schedule(emt_files, tmp_path):
+    """Killed after the re-plan, the resumed run keeps the planned epochs and its one-cycle
+    schedule (the learning rates continue the same curve to lr_final), says what budget is
+    left, and does not charge its own set-up and compilation to the budget (which used to cut
+    the schedule short without a word). The budget is ample, so the plan is epochs=6."""
+    cfg = _config(
+        emt_files / "cu.extxyz", tmp_path, training={"epochs": 6, "time_budget": 1000}
+    )
+    with pytest.raises(Killed):
+        train(cfg, hooks=_kill_at(planning.REPLAN_EPOCH + 1, 0))
+    run = tmp_path / "run"
+    before = json.loads((run / "last" / "progress.json").read_text())
+    assert before["replanned"] and before["planned_epochs"] == 6
+    out = io.StringIO()
+    result = jat.training.resume(run, progress=Progress("lines", out))
+    assert "time budget 1000 s:" in out.getvalue()
+    assert "left for the 3 remaining of 6 planned epochs" in out.getvalue()
+    assert result.summary["planned_epochs"] == 6 and result.summary["stop_reason"] == "epochs"
+    rows = _rows(run)
+    spe = rows[0]["step"]
+    schedule = optim.Schedule("onecycle", cfg.optimizer.lr_min, cfg.optimizer.lr_max,
+                              cfg.optimizer.lr_final, 6 * spe, spe)
+    for row in rows:
+        assert row["lr"] == pytest.approx(schedule(row["step"] - 1), rel=1e-5)
+    assert rows[-1]["lr"] == pytest.approx(cfg.optimizer.lr_final, rel=1e-4)
+    first = rows[planning.REPLAN_EPOCH]  # the first epoch of the resumed process
+    assert first["elapsed"] - before["elapsed"] < first["epoch_time"] + 0.5
 
 
 def test_time_budget_plans_and_stops(emt_files, tmp_path):
@@ -302,6 +436,11 @@ def test_missing_labels_are_reported(emt_files, tmp_path):
         atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy())
     write(tmp_path / "energies.extxyz", mol)
     cfg = _config(tmp_path / "energies.extxyz", tmp_path)
+    with pytest.raises(ValueError, match="no forces"):
+        train(cfg)
+    # the failed start took its claim back: the same command gives the same error, not a
+    # refusal of the run directory
+    assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="no forces"):
         train(cfg)
 
@@ -336,6 +475,61 @@ def test_cli_wandb_offline(emt_files, tmp_path, monkeypatch):
     ] + [f"model.{k}={v}" for k, v in TINY.items()]
     assert main(args) == 0
     assert list((tmp_path / "run").rglob("*.wandb")), "no offline wandb run written"
+
+
+def _cli_config(emt_files, tmp_path, name):
+    """A config file for ``main`` equal to ``_config``'s (same run as the ``reference``)."""
+    cfg = _config(emt_files / "cu.extxyz", tmp_path / name)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(dump_config(cfg))
+    return path, tmp_path / name / "run"
+
+
+def test_cli_disk_full_and_read_only_say_what_is_intact(emt_files, tmp_path, monkeypatch,
+                                                        capsys, reference):
+    from jat.train import main
+
+    config, run = _cli_config(emt_files, tmp_path, "full")
+    monkeypatch.setenv(atomic_io.FAULT_ENV, "write:last:files@2=ENOSPC")
+    atomic_io.reset_fault_counts()
+    assert main([str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "No space left on device" in err
+    assert "checkpoint of epoch 1" in err and f"--resume {run}" in err
+    monkeypatch.delenv(atomic_io.FAULT_ENV)
+    assert main(["--resume", str(run)]) == 0
+    _same_rows(_rows(reference.run_dir), _rows(run))
+
+    config, run = _cli_config(emt_files, tmp_path, "ro")
+    monkeypatch.setenv(atomic_io.FAULT_ENV, "write:best:files@1=EROFS")
+    atomic_io.reset_fault_counts()
+    assert main([str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and "no checkpoint was written yet" in err
+    assert f"--resume {run}` starts the run again" in err
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers need the main thread")
+def test_cli_interrupt_names_the_run_directory(emt_files, tmp_path, monkeypatch, capsys,
+                                               reference):
+    """Ctrl-C (here sent by the process itself at its 7th step, in epoch 2) stops the run at the
+    next step; the message printed the literal RUN_DIR before."""
+    from jat.train import main
+
+    config, run = _cli_config(emt_files, tmp_path, "int")
+    monkeypatch.setenv(atomic_io.FAULT_ENV, "train:step@7=sigint")
+    atomic_io.reset_fault_counts()
+    assert main([str(config)]) == 130
+    err = capsys.readouterr().err
+    assert "RUN_DIR" not in err and "during epoch 2" in err
+    assert f"checkpoint of epoch 1 in {run / 'last'} is intact" in err
+    assert f"python -m jat.train --resume {run}" in err
+    monkeypatch.delenv(atomic_io.FAULT_ENV)
+    assert main(["--resume", str(run)]) == 0
+    _same_rows(_rows(reference.run_dir), _rows(run))
+    assert main(["--resume", str(run)]) == 0  # complete: said so, nothing trained
+    assert "is complete" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -109,8 +109,19 @@ def error_sums(de_atom, de, df, batch) -> dict[str, jax.Array]:
     return out
 
 
+def all_finite(tree) -> jax.Array:
+    """Whether every element of every leaf of ``tree`` is finite (a scalar bool array)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def train_step(model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, batch, lr):
-    """One optimiser step; returns the new state and the batch's loss terms (device arrays)."""
+    """One optimiser step; returns the new state and the batch's loss terms (device arrays).
+
+    The step is applied only if the loss, the gradient and the update are finite; otherwise the
+    state is returned unchanged and ``metrics["finite"]`` is False, for the host to check when
+    it gathers the epoch's metrics (no transfer per step).
+    """
     need_forces = spec.forces_weight > 0
 
     def loss_fn(params):
@@ -121,15 +132,18 @@ def train_step(model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, b
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     opt_state = set_learning_rate(state.opt_state, lr)
     updates, opt_state = tx.update(grads, opt_state, state.params)
+    finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(updates)
     params = optax.apply_updates(state.params, updates)
     if ema_decay is None:
         ema = params
     else:
         ema = optax.incremental_update(params, state.ema, ema_rate(ema_decay, state.step))
+    new = TrainState(params, opt_state, ema, state.step + 1)
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
     weight = batch.weight.sum()
-    metrics = {"loss": loss * weight, "weight": weight}
+    metrics = {"loss": loss * weight, "weight": weight, "finite": finite}
     metrics.update({f"loss_{k}": v * weight for k, v in terms.items()})
-    return TrainState(params, opt_state, ema, state.step + 1), metrics
+    return new, metrics
 
 
 def eval_step(model, spec: LossSpec, forces: bool, params, scale, batch):

@@ -1,0 +1,121 @@
+"""The data of a run: configured paths, files read with their formats' options, the split."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ase.data import atomic_numbers
+
+from jat.config import Config
+from jat.data.readers import detect_format, read_structures
+from jat.data.readers import resolve_path as resolve_data_file
+from jat.data.structure import Structure
+from jat.models.repulsion import data_radii
+from jat.training.rundir import SPLIT_FILE
+from jat.training.splits import SETS, split_indices
+
+
+def format_of(path: str, fmt: str) -> str:
+    """The reader format of an expanded configured path (``data.format``, or detected)."""
+    return fmt if fmt != "auto" else detect_format(resolve_data_file(path))
+
+
+def expand_path(path: str) -> str:
+    """``$JAT_DATA_DIR`` in a configured path stands for :func:`jat.data.data_dir` (the variable
+    when set, else ``../shared/data``); ``~`` and other environment variables expand too."""
+    from jat.data import data_dir
+
+    if path == "builtin":
+        return path
+    for token in ("${JAT_DATA_DIR}", "$JAT_DATA_DIR"):
+        path = path.replace(token, str(data_dir()))
+    return os.path.expanduser(os.path.expandvars(path))
+
+
+def read_files(paths: Sequence[str], cfg: Config) -> list[Structure]:
+    """All structures of ``paths`` with the reader options that apply to each file's format."""
+    out: list[Structure] = []
+    for path in map(expand_path, paths):
+        fmt = format_of(path, cfg.data.format)
+        options: dict[str, Any] = {}
+        if fmt == "ani1":
+            options = {
+                "fraction": cfg.data.ani1.fraction,
+                "high_energy": cfg.data.ani1.high_energy,
+                "seed": cfg.seed,
+            }
+        elif fmt == "neuralil" and cfg.data.composition is not None:
+            options = {"composition": cfg.data.composition}
+        out.extend(read_structures(path, format=fmt, **options))
+    return out
+
+
+def load_splits(cfg: Config) -> tuple[dict[str, list[Structure]], dict[str, list[str]]]:
+    """Structures of every set and, per set, their sources (for ``split.json``)."""
+    train_files = read_files(cfg.data.train, cfg)
+    if not train_files:
+        raise ValueError(f"no structures in {list(cfg.data.train)}")
+    by = cfg.data.split.by
+    if by == "auto":
+        formats = [format_of(expand_path(p), cfg.data.format) for p in cfg.data.train]
+        is_ani1 = all(f == "ani1" for f in formats)
+        by = "molecule" if is_ani1 else "configuration"
+    val_given = cfg.data.validation is not None
+    test_given = cfg.data.test is not None
+    idx = split_indices(
+        train_files,
+        by=by,
+        validation=0 if val_given else cfg.data.split.validation,
+        test=0 if test_given else cfg.data.split.test,
+        n_train=cfg.data.split.n_train,
+        exclude_formulas=cfg.data.split.exclude_formulas,
+        seed=cfg.seed,
+    )
+    sets = {name: [train_files[k] for k in idx[name]] for name in SETS}
+    if val_given:
+        sets["validation"] = read_files(cfg.data.validation, cfg)
+    if test_given:
+        sets["test"] = read_files(cfg.data.test, cfg)
+    sources = {name: [s.source for s in sets[name]] for name in SETS}
+    return sets, sources
+
+
+def check_split(run_dir: str | os.PathLike, sources: dict[str, list[str]]) -> None:
+    """Raise unless ``sources`` (from :func:`load_splits`) is the split the run recorded."""
+    path = Path(run_dir) / SPLIT_FILE
+    saved = json.loads(path.read_text())
+    if saved != sources:
+        raise ValueError(
+            f"{path}: the data no longer gives the same split; the files changed since the run "
+            "started"
+        )
+
+
+def species_of(cfg: Config, sets: dict[str, list[Structure]]) -> tuple[str, ...]:
+    """The model's species: ``data.species``, or every element of the data by atomic number."""
+    seen = {x for structures in sets.values() for s in structures for x in s.symbols}
+    if cfg.data.species is None:
+        return tuple(sorted(seen, key=lambda x: atomic_numbers[x]))
+    missing = sorted(seen - set(cfg.data.species))
+    if missing:
+        raise ValueError(f"data.species {list(cfg.data.species)} lacks {missing} found in the data")
+    return tuple(cfg.data.species)
+
+
+def repulsion_spec(
+    cfg: Config, train: list[Structure], species: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """The ``repulsion`` argument of ``Potential.create`` for this configuration."""
+    if cfg.model.repulsion == "none":
+        return None
+    spec: dict[str, Any] = {
+        "kind": cfg.model.repulsion,
+        "radius_scale": cfg.model.repulsion_radius_scale,
+    }
+    if cfg.model.repulsion_radii == "data":
+        spec["radii"] = data_radii(train, species, cfg.model.cutoff)
+    return spec

@@ -1,0 +1,105 @@
+"""How long a run trains: epochs fitted to a time budget, the one re-plan, and when it stops.
+
+With ``training.time_budget`` the number of epochs (the length of the one-cycle schedule) is
+planned once from timed compiled steps, so that the schedule ends within ``BUDGET_MARGIN`` of the
+budget, and corrected once after epoch ``REPLAN_EPOCH`` from measured epoch times. The plan is
+stored in the checkpoints and a resumed run keeps it (see :func:`resume_outlook`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jat.training.state import RunProgress, StopReason
+
+BUDGET_MARGIN = 0.97  # fraction of the remaining budget the planned epochs may fill
+REPLAN_EPOCH = 3  # with a time budget, the plan is corrected once from the epochs 2..3 timings
+REPLAN_TOLERANCE = 0.1  # a measured plan within 10 % of the current one keeps the current one
+
+
+def epochs_for_budget(per_epoch: float, remaining: float, max_epochs: int) -> int:
+    """Epochs of ``per_epoch`` seconds that fit in ``remaining`` seconds (at least 1, at most
+    ``max_epochs``)."""
+    fit = int(remaining * BUDGET_MARGIN / max(per_epoch, 1e-9))
+    return min(max(fit, 1), max_epochs)
+
+
+def replan(
+    rows: Sequence[dict[str, Any]], planned: int, remaining: float, max_epochs: int
+) -> tuple[int, str | None]:
+    """The corrected number of epochs from the epoch times in ``rows`` (the first, which
+    includes compilation, is left out) and a message when it changes the plan."""
+    done = rows[-1]["epoch"]
+    measured = float(np.mean([r["epoch_time"] for r in rows[1:]]))
+    fit = done + int(remaining * BUDGET_MARGIN / max(measured, 1e-9))
+    fit = min(max(fit, done + 1), max_epochs)
+    if abs(fit - planned) <= REPLAN_TOLERANCE * planned:
+        return planned, None
+    return fit, f"epochs take {measured:.2f} s: re-planning {fit} epochs instead of {planned}"
+
+
+def stop_reason(
+    progress: RunProgress, patience: int | None, budget: float | None, epoch_time: float
+) -> StopReason | None:
+    """Why the run stops after ``progress.epoch`` (None: it goes on). ``epoch_time`` is the
+    duration of that epoch: with a budget, the next one must be expected to end within it."""
+    if patience is not None and progress.bad_epochs >= patience:
+        return "patience"
+    if progress.planned_epochs is not None and progress.epoch >= progress.planned_epochs:
+        return "epochs"
+    if budget is not None and progress.elapsed + epoch_time > budget:
+        return "time_budget"
+    return None
+
+
+def with_stop_reason(
+    progress: RunProgress, patience: int | None, budget: float | None, epoch_time: float
+) -> RunProgress:
+    """``progress`` with its stop reason set (kept if already set)."""
+    if progress.stop_reason is not None:
+        return progress
+    reason = stop_reason(progress, patience, budget, epoch_time)
+    return dataclasses.replace(progress, stop_reason=reason)
+
+
+def describe_stop(progress: RunProgress, patience: int | None) -> str:
+    """The stop reason of a complete run in words."""
+    if progress.stop_reason == "patience":
+        return f"no improvement in {patience} evaluations"
+    if progress.stop_reason == "time_budget":
+        planned = progress.planned_epochs or progress.epoch
+        if progress.epoch < planned:
+            return (
+                f"time budget; {planned - progress.epoch} of the {planned} planned epochs not "
+                "run, so the learning-rate schedule did not reach its end"
+            )
+        return "time budget"
+    return "epochs"
+
+
+def resume_outlook(progress: RunProgress, budget: float, per_epoch: float) -> str:
+    """What a resumed time-budgeted run will do: the budget left (``budget`` minus the elapsed
+    time of the checkpoint; the time lost after it and the resumed process's set-up and
+    compilation are not charged), and whether the remaining planned epochs fit in it at
+    ``per_epoch`` seconds each. They run to the end of the schedule if they do; if they do not,
+    the run says so here and stops at the budget as any budgeted run does."""
+    planned = progress.planned_epochs or progress.epoch
+    left = budget - progress.elapsed
+    remaining = planned - progress.epoch
+    need = remaining * per_epoch
+    head = (
+        f"time budget {budget:.0f} s: {left:.0f} s left for the {remaining} remaining of "
+        f"{planned} planned epochs"
+    )
+    if need <= left:
+        return f"{head} (about {need:.0f} s at {per_epoch:.2f} s per epoch)"
+    fit = max(int(left / max(per_epoch, 1e-9)), 0)
+    return (
+        f"{head}, which need about {need:.0f} s at {per_epoch:.2f} s per epoch now: the run "
+        f"will stop at the budget after about {fit} more epochs, before its learning-rate "
+        "schedule ends"
+    )

@@ -1,0 +1,328 @@
+"""The compiled pieces of one run: data as buckets, the model, the steps, one epoch, evaluation.
+
+:class:`Trainer` does the work that touches the device; the epoch loop, checkpoints and the
+run directory are :mod:`jat.training.loop`'s. Nothing here waits for the device within an
+epoch: each step's loss terms and finiteness flag are gathered at the epoch's end, where a
+non-finite step raises :class:`~jat.training.errors.NonFiniteError` naming its structures.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jat.atomic_io import fault_point
+from jat.config import Config
+from jat.potential import Potential
+from jat.training import optim, steps
+from jat.training.data import load_splits, repulsion_spec, species_of
+from jat.training.dataset import Dataset, align_edge_slots, build_dataset, choose_buckets
+from jat.training.errors import NonFiniteError, TrainingInterrupted
+from jat.training.interrupts import StopRequest
+from jat.training.progress import Progress
+from jat.training.rundir import RunDirectory
+from jat.training.splits import SETS, fit_energy_reference
+
+NAMED_STRUCTURES = 8  # structures an error message lists before "and N more"
+
+
+def name_structures(sources: list[str]) -> str:
+    """``a, b, c`` or ``a, b, … and N more``."""
+    head = ", ".join(sources[:NAMED_STRUCTURES])
+    more = len(sources) - NAMED_STRUCTURES
+    return f"{head} and {more} more" if more > 0 else head
+
+
+class Trainer:
+    """State and compiled functions of one training run."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run: RunDirectory,
+        progress: Progress,
+        hooks: dict[str, Callable],
+        stop: StopRequest,
+    ):
+        self.cfg = cfg
+        self.run = run
+        self.out = progress
+        self.hooks = hooks
+        self.stop = stop
+        self.t0 = time.monotonic()
+        self.loss_spec = steps.LossSpec(
+            forces_weight=cfg.loss.forces_weight,
+            energy_weight=cfg.loss.energy_weight,
+            forces_alpha=cfg.loss.forces_alpha,
+            energy_alpha=cfg.loss.energy_alpha,
+        )
+        self.compilations = {"train": 0, "eval": 0}
+
+    def check_stop(self, where: str) -> None:
+        """Raise :class:`TrainingInterrupted` if SIGINT/SIGTERM arrived (see ``interrupts``)."""
+        if self.stop.requested:
+            raise TrainingInterrupted(
+                f"interrupted ({self.stop.signal}) {where}; {self.run.resume_hint()}",
+                self.run.path,
+            )
+
+    # -- setup --------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Read and split the data, fit the energy reference, create the model, pad the data into
+        buckets and prepare the compiled steps."""
+        cfg = self.cfg
+        self.sets, self.sources = load_splits(cfg)
+        fault_point("train:setup")
+        self.check_stop("while reading the data")
+        train = self.sets["train"]
+        need_forces = cfg.loss.forces_weight > 0
+        if need_forces and not any(s.forces is not None for s in train):
+            raise ValueError(
+                "the training data has no forces; set loss.forces_weight=0 and "
+                "loss.energy_weight>0 to train on energies"
+            )
+        if cfg.loss.energy_weight > 0 and not any(s.energy is not None for s in train):
+            raise ValueError("the training data has no energies; set loss.energy_weight=0")
+        self.species = species_of(cfg, self.sets)
+        if cfg.training.energy_reference == "fit":
+            shift, scale = fit_energy_reference(train, self.species, need_forces)
+        else:
+            shift, scale = np.zeros(len(self.species)), 1.0
+        self.potential = Potential.create(
+            cfg.model.name,
+            self.species,
+            cfg.model.cutoff,
+            seed=cfg.seed,
+            dtype=cfg.model.dtype,
+            repulsion=repulsion_spec(cfg, train, self.species),
+            **dict(cfg.model.hyper),
+        ).with_energy_reference(shift=shift, scale=np.full(len(self.species), scale))
+        self.check_stop("while creating the model")
+        sizes = [s.n_atoms for structures in self.sets.values() for s in structures]
+        bounds = choose_buckets(sizes, cfg.training.max_buckets)
+        self.data: dict[str, Dataset] = align_edge_slots(
+            {
+                name: build_dataset(self.sets[name], self.species, cfg.model.cutoff, shift, bounds)
+                for name in SETS
+                if self.sets[name]
+            }
+        )
+        self.check_stop("while building neighbour lists")
+        self.dtype = jnp.dtype(cfg.model.dtype)
+        self.eval_forces = any(s.forces is not None for s in train)
+        self.batch = cfg.training.batch_size
+        self.eval_batch = cfg.training.eval_batch_size or self.batch
+        self.steps_per_epoch = len(self.data["train"].batches(self.batch))
+        self.tx = optim.optimizer(
+            cfg.optimizer.name, cfg.optimizer.weight_decay, cfg.optimizer.clip_norm
+        )
+        self._compile()
+        shapes = sorted({b.shape for d in self.data.values() for b in d.buckets})
+        counts = ", ".join(f"{k}: {len(v)}" for k, v in self.sets.items() if v)
+        self.out.message(
+            f"data: {counts} structures; species {', '.join(self.species)}; "
+            f"batch shapes (atoms, edges) {shapes}"
+        )
+        self.out.message(
+            f"energy reference: shift "
+            f"{dict(zip(self.species, np.round(shift, 4).tolist(), strict=True))} eV, "
+            f"scale {scale:.4g} eV"
+        )
+        rep = self.potential.repulsion
+        if rep is not None:
+            r = rep.pair_radii
+            pairs = ", ".join(
+                f"{a}-{b} {r[i, j]:.3f}"
+                for i, a in enumerate(self.species)
+                for j, b in enumerate(self.species)
+                if j >= i
+            )
+            self.out.message(f"ZBL repulsion switched off at (Å): {pairs}")
+        n_params = sum(np.size(x) for x in jax.tree.leaves(self.potential.params))
+        self.out.message(
+            f"model: {cfg.model.name} ({n_params} parameters), run dir {self.run.path}"
+        )
+
+    def _compile(self) -> None:
+        model = self.potential.energy_model
+
+        def count(kind):
+            def deco(fn):
+                @functools.wraps(fn)
+                def traced(*a, **k):
+                    self.compilations[kind] += 1  # runs once per trace, i.e. per shape
+                    return fn(*a, **k)
+
+                return traced
+
+            return deco
+
+        self.train_step = jax.jit(
+            count("train")(
+                functools.partial(
+                    steps.train_step, model, self.tx, self.loss_spec, self.cfg.optimizer.ema_decay
+                )
+            ),
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(
+            count("eval")(
+                functools.partial(steps.eval_step, model, self.loss_spec, self.eval_forces)
+            )
+        )
+        self.scale = jnp.asarray(self.potential.energy_scale, self.dtype)
+
+    def initial_state(self) -> steps.TrainState:
+        params = self.potential.params
+        return steps.TrainState(
+            params=params,
+            opt_state=self.tx.init(params),
+            ema=jax.tree.map(jnp.copy, params),
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def measure_epoch(self, state: steps.TrainState) -> float:
+        """Seconds an epoch (with its share of validation) takes, from compiled steps of every
+        bucket timed on a throwaway copy of ``state``; compiles every shape on the way."""
+        train = self.data["train"]
+        per_epoch = 0.0
+        for b, bucket in enumerate(train.buckets):
+            n_batches = sum(1 for k, _ in train.batches(self.batch) if k == b)
+            batch = bucket.batch(np.arange(min(self.batch, len(bucket))), self.batch, self.dtype)
+            scratch = jax.tree.map(jnp.copy, state)
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                scratch, m = self.train_step(scratch, self.scale, batch, np.float32(1e-12))
+                jax.block_until_ready(m)
+                times.append(time.perf_counter() - t)
+                self.check_stop("while timing the training step")
+            per_epoch += n_batches * min(times[1:])
+        if "validation" in self.data:
+            self.evaluate(state.ema, "validation")  # compiles
+            t = time.perf_counter()
+            self.evaluate(state.ema, "validation")
+            per_epoch += (time.perf_counter() - t) / self.cfg.training.eval_every
+        return per_epoch
+
+    # -- epochs -------------------------------------------------------------------------------
+
+    def _sources(self, data: Dataset, b: int, rows: np.ndarray) -> list[str]:
+        return [data.structures[i].source for i in data.buckets[b].index[rows]]
+
+    def evaluate(self, params: Any, name: str) -> dict[str, float]:
+        """Error figures of data set ``name`` (empty if the run has none); raises
+        :class:`NonFiniteError` naming the structures of a batch whose sums are not finite."""
+        data = self.data.get(name)
+        if data is None:
+            return {}
+        batches, dtype = data.batches(self.eval_batch), self.dtype
+        sums = [
+            self.eval_step(params, self.scale, data.buckets[b].batch(rows, self.eval_batch, dtype))
+            for b, rows in batches
+        ]
+        host = jax.device_get(sums)
+        for (b, rows), part in zip(batches, host, strict=True):
+            if not all(np.isfinite(v) for v in part.values()):
+                raise NonFiniteError(
+                    f"the {name} errors are not finite (NaN or inf) for the batch of "
+                    f"{name_structures(self._sources(data, b, rows))}; check these structures "
+                    f"(e.g. overlapping atoms); {self.run.status()}"
+                )
+        return steps.reduce_sums(host, self.loss_spec)
+
+    def run_epoch(
+        self,
+        state: steps.TrainState,
+        epoch: int,
+        epochs: int,
+        step: int,
+        schedule: optim.Schedule,
+    ) -> tuple[steps.TrainState, dict[str, Any]]:
+        """One pass over the shuffled training set from host step counter ``step``; nothing
+        waits for the device until the epoch's metrics are gathered at the end."""
+        train = self.data["train"]
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        parts = []
+        batches = train.batches(self.batch, rng)
+        rates = schedule.values(step, len(batches))
+        t = time.perf_counter()
+        for k, (b, rows) in enumerate(batches):
+            self.check_stop(f"during epoch {epoch}, which is discarded")
+            batch = train.buckets[b].batch(rows, self.batch, self.dtype)
+            state, metrics = self.train_step(state, self.scale, batch, rates[k])
+            parts.append(metrics)
+            if "after_step" in self.hooks:
+                self.hooks["after_step"](epoch, k, state)
+            fault_point("train:step")
+            self.out.step(epoch, epochs, k + 1, len(batches))
+        host = jax.device_get(parts)  # waits for the epoch's last step
+        finite = [bool(part.pop("finite")) for part in host]
+        if not all(finite):
+            k = finite.index(False)
+            b, rows = batches[k]
+            loss = float(host[k]["loss"])
+            what = (
+                f"the loss became {'NaN' if math.isnan(loss) else 'infinite'}"
+                if not math.isfinite(loss)
+                else "the gradient became NaN or infinite"
+            )
+            raise NonFiniteError(
+                f"{what} at epoch {epoch}, step {k + 1} of {len(batches)}, on the training batch "
+                f"of {name_structures(self._sources(train, b, rows))}. Training stopped there "
+                "and nothing of this epoch was saved; check these structures (overlapping "
+                "atoms, wrong labels or units) or lower optimizer.lr_max (resuming would repeat "
+                f"the same step); {self.run.status()}"
+            )
+        sums = steps.reduce_sums(host)
+        seconds = time.perf_counter() - t
+        row = {
+            "epoch": epoch,
+            "step": step + len(batches),
+            "lr": float(rates[-1]),
+            "train_loss": sums.get("loss", math.nan),
+            **{f"train_{k}": v for k, v in sums.items() if k.startswith("loss_")},
+            "train_structures_per_s": len(train) / seconds,
+            "train_atoms_per_s": train.n_atoms / seconds,
+            "train_time": seconds,
+        }
+        return state, row
+
+    def refit_energy_shift(self, potential: Potential) -> Potential:
+        """After training on forces only, re-fit μ_Z to the trained network: least squares of
+        the training residuals E_ref − Σ μ_Z − E_net on element counts. The data sets' targets
+        move with it, so energy errors measure the network, not an arbitrary offset."""
+        train = self.data["train"]
+        params = jax.tree.map(lambda x: jnp.asarray(x, self.dtype), potential.params)
+        predict = jax.jit(functools.partial(steps.predict, potential.energy_model, forces=False))
+        counts, residual = [], []
+        for bucket in train.buckets:
+            keep = bucket.has_energy
+            for start in range(0, len(bucket), self.eval_batch):
+                rows = np.arange(start, min(start + self.eval_batch, len(bucket)))
+                batch = bucket.batch(rows, self.eval_batch, self.dtype)
+                energies = np.asarray(predict(params, self.scale, batch)[0])[: len(rows)]
+                residual.append((bucket.energy[rows] - energies)[keep[rows]])
+            counts.append(bucket.element_counts(len(self.species))[keep])
+        counts_all, residual_all = np.concatenate(counts), np.concatenate(residual)
+        if not len(residual_all):
+            return potential
+        delta = np.linalg.lstsq(counts_all, residual_all, rcond=None)[0]
+        self.data = {k: d.with_energy_shift(delta) for k, d in self.data.items()}
+        # the data were built with the run's own fitted shift, so δμ is relative to it
+        return potential.with_energy_reference(shift=self.potential.energy_shift + delta)
+
+    def monitor_key(self) -> str:
+        """The validation figure that decides the best epoch."""
+        monitor = self.cfg.training.monitor
+        if monitor == "auto":
+            monitor = "forces_mae" if self.cfg.loss.forces_weight > 0 else "energy_mae"
+        return {"energy_mae": "energy_atom_mae"}.get(monitor, monitor)
