@@ -35,6 +35,7 @@ import numpy as np
 
 import jat
 from jat.data import data_dir
+from jat.plotting import pyplot, save_figure  # noqa: F401 - the benchmarks' plots
 from jat.runtime import huge_pages_enabled
 from jat.training import optim, steps
 from jat.training.dataset import Dataset, build_dataset, choose_buckets
@@ -264,13 +265,8 @@ class TrainingStep:
             data = build_dataset(structures, pot.species, pot.cutoff, shift, bounds)
         self.data = data
         tx = optim.optimizer("adam", 0.0, 10.0)
-        self.step = jax.jit(
-            functools.partial(steps.train_step, pot.energy_model, tx, loss, 0.99), donate_argnums=0
-        )
-        params = jax.tree.map(jnp.copy, pot.params)
-        self.state = steps.TrainState(
-            params, tx.init(params), jax.tree.map(jnp.copy, params), jnp.zeros((), jnp.int32)
-        )
+        self.step = steps.compiled_train_step(pot.energy_model, tx, loss, 0.99)
+        self.state = steps.initial_state(pot.params, tx)
         self.scale = jnp.full(len(pot.species), scale, jnp.float32)
         self.lr = np.float32(1e-4)
 
@@ -302,25 +298,3 @@ class TrainingStep:
 
 # ---------------------------------------------------------------------------------------------
 # plots
-
-
-def pyplot():
-    """matplotlib.pyplot with the Agg backend, or None (with a note) when it is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return str(path)

@@ -16,7 +16,6 @@ one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -50,15 +49,8 @@ def measure(name: str, structures, batch_size: int, epochs: int) -> dict:
     pot = jat.Potential.create(model, SPECIES, cutoff, **kwargs)
     data = build_dataset(structures, SPECIES, cutoff, shift, choose_buckets([225], 1))
     tx = optim.optimizer("adam", 0.0, 10.0)
-    step = jax.jit(
-        functools.partial(steps.train_step, pot.energy_model, tx, steps.LossSpec(), 0.99),
-        donate_argnums=0,
-    )
-    params = jax.tree.map(jnp.copy, pot.params)  # the step donates its state
-    state = steps.TrainState(
-        params, tx.init(params), jax.tree.map(jnp.copy, params), jnp.zeros((), int)
-    )
-    scale = jnp.full(len(SPECIES), scale, jnp.float32)
+    step = steps.compiled_train_step(pot.energy_model, tx, steps.LossSpec(), 0.99)
+    state = steps.initial_state(pot.params, tx)  # a copy: the step donates its state
     first = data.buckets[0].batch(np.arange(batch_size), batch_size, jnp.float32)
     t0 = time.perf_counter()
     state, m = step(state, scale, first, np.float32(1e-3))

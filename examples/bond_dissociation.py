@@ -20,13 +20,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from md_ean import (
+
+from jat.plotting import pyplot, save_figure
+from jat.simulation.setup import (
     add_model_arguments,
     add_structure_arguments,
     load_ean,
     load_potential,
-    pyplot,
-    save_figure,
 )
 
 
@@ -52,7 +52,7 @@ def find_bond(atoms, anion: int) -> tuple[int, int, np.ndarray]:
 
 
 def plot(r, energy, force, numeric, path: Path, title: str) -> None:
-    plt = pyplot(path)
+    plt = pyplot()
     if plt is None:
         return
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True)
@@ -65,7 +65,7 @@ def plot(r, energy, force, numeric, path: Path, title: str) -> None:
     ax2.set_xlabel("N–O distance r (Å)")
     ax2.set_ylabel("force along the bond (eV/Å)")
     ax2.legend()
-    save_figure(fig, path)
+    print(f"wrote {save_figure(fig, path, dpi=150)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,74 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-SPECIES = ["H", "C", "N", "O"]
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--model", metavar="RUN_DIR",
-                       help="a potential or a python -m jat.train run directory (loads best/)")
-    group.add_argument("--untrained", action="store_true",
-                       help="a freshly initialised JAT (3 x 32, 5 Å): a smoke run, no physics")
-
-
-def add_structure_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None, help="data directory (default: JAT_DATA_DIR)")
-    parser.add_argument("--index", type=int, default=0, help="EAN configuration to start from")
-
-
-def pyplot(path):
-    """matplotlib's pyplot (Agg backend), or None with a note when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"matplotlib is not installed: no plot (pip install matplotlib to get {path})")
-        return None
-    return plt
-
-
-def save_figure(fig, path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    print(f"wrote {path}")
-
-
-def load_potential(args):
-    import jat
-
-    if args.untrained:
-        pot = jat.Potential.create("jat", SPECIES, 5.0, layers=3, width=32, heads=1, seed=0)
-        return pot, "untrained JAT 3 x 32, 5 Å (random parameters)"
-    return jat.Potential.load(args.model), f"{args.model}"
-
-
-def load_ean(data_dir: str | None, index: int = 0):
-    from jat.data import data_dir as resolve
-    from jat.data import read_ean
-
-    path = resolve(data_dir) / "ean" / "ean_15pairs_dft.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"EAN data not found at {path}: pass --data-dir or set JAT_DATA_DIR")
-    atoms = read_ean(path, index=index)[0]
-    atoms.calc = None
-    return atoms, path
-
-
-def initial_velocities(atoms, temperature: float, seed: int) -> np.ndarray:
-    """Maxwell-Boltzmann velocities (ASE units) without centre-of-mass motion."""
-    from ase.md import velocitydistribution as vd
-
-    start = atoms.copy()
-    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
-    thermalize(start, temperature_K=temperature, rng=np.random.default_rng(seed))
-    vd.Stationary(start)
-    return start.get_velocities()
+from jat.simulation.setup import (
+    add_model_arguments,
+    add_structure_arguments,
+    initial_velocities,
+    load_ean,
+    load_potential,
+)
 
 
 def run_ase(atoms, pot, args, out: Path) -> None:

@@ -21,14 +21,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from md_ean import (
+
+from jat.plotting import pyplot, save_figure
+from jat.simulation.setup import (
     add_model_arguments,
     add_structure_arguments,
     initial_velocities,
     load_ean,
     load_potential,
-    pyplot,
-    save_figure,
 )
 
 
@@ -102,7 +102,7 @@ def fit(times, energies, n_atoms):
 
 
 def plot(results, path: Path, title: str) -> None:
-    plt = pyplot(path)
+    plt = pyplot()
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -114,7 +114,7 @@ def plot(results, path: Path, title: str) -> None:
     ax.set_ylabel("E_tot(t) − E_tot(0) (meV/atom)")
     ax.set_title(title)
     ax.legend()
-    save_figure(fig, path)
+    print(f"wrote {save_figure(fig, path, dpi=150)}")
 
 
 def main(argv: list[str] | None = None) -> None:

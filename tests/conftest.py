@@ -73,6 +73,18 @@ def potential(model: str, dtype: str = "float64", cutoff: float = CUTOFF, **extr
 # Tests that reuse the same compiled functions run on the same xdist worker
 
 
+def pytest_sessionstart(session):
+    """CI sets ``JAT_REQUIRE_JAX_MD=1``: then the JAX-MD tests must run, not skip."""
+    if os.environ.get("JAT_REQUIRE_JAX_MD") == "1":
+        try:
+            import jax_md  # noqa: F401
+        except ImportError as err:
+            raise pytest.UsageError(
+                f"JAT_REQUIRE_JAX_MD=1 but jax-md is not installed ({err}): pip install -e "
+                '".[test]"'
+            ) from None
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",

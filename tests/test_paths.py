@@ -25,6 +25,8 @@ from jat.training import steps
 from jat.training.dataset import build_dataset
 
 CUTOFF = 3.5
+# jax-md's own neighbour list warns about an int64 -> int32 scatter under x64.
+pytestmark = pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types")
 RTOL = 1e-6
 MODELS = {
     "jat": {"width": 16, "layers": 2, "heads": 2},

@@ -146,6 +146,30 @@ def train_step(model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, b
     return new, metrics
 
 
+def initial_state(params, tx) -> TrainState:
+    """The training state at step 0: a copy of ``params`` (the compiled step donates its state),
+    the optimiser's initial state and the EMA starting at the parameters."""
+    params = jax.tree.map(jnp.copy, params)
+    return TrainState(
+        params=params,
+        opt_state=tx.init(params),
+        ema=jax.tree.map(jnp.copy, params),
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def compiled_train_step(model, tx, spec: LossSpec, ema_decay, on_trace=None):
+    """:func:`train_step` jitted with the state donated: ``step(state, scale, batch, lr)``.
+    ``on_trace()`` runs once per trace (per batch shape), e.g. to count compilations."""
+
+    def step(state, scale, batch, lr):
+        if on_trace is not None:
+            on_trace()
+        return train_step(model, tx, spec, ema_decay, state, scale, batch, lr)
+
+    return jax.jit(step, donate_argnums=0)
+
+
 def eval_step(model, spec: LossSpec, forces: bool, params, scale, batch):
     """Sums of errors and of the loss terms over a batch (no update); being sums, they do not
     depend on how a data set is cut into batches."""

@@ -154,40 +154,26 @@ class Trainer:
     def _compile(self) -> None:
         model = self.potential.energy_model
 
-        def count(kind):
-            def deco(fn):
-                @functools.wraps(fn)
-                def traced(*a, **k):
-                    self.compilations[kind] += 1  # runs once per trace, i.e. per shape
-                    return fn(*a, **k)
+        def counter(kind: str) -> Callable[[], None]:
+            def traced() -> None:  # runs once per trace, i.e. per shape
+                self.compilations[kind] += 1
 
-                return traced
+            return traced
 
-            return deco
-
-        self.train_step = jax.jit(
-            count("train")(
-                functools.partial(
-                    steps.train_step, model, self.tx, self.loss_spec, self.cfg.optimizer.ema_decay
-                )
-            ),
-            donate_argnums=0,
+        self.train_step = steps.compiled_train_step(
+            model, self.tx, self.loss_spec, self.cfg.optimizer.ema_decay, counter("train")
         )
-        self.eval_step = jax.jit(
-            count("eval")(
-                functools.partial(steps.eval_step, model, self.loss_spec, self.eval_forces)
-            )
-        )
+        count_eval = counter("eval")
+
+        def eval_step(params, scale, batch):
+            count_eval()
+            return steps.eval_step(model, self.loss_spec, self.eval_forces, params, scale, batch)
+
+        self.eval_step = jax.jit(eval_step)
         self.scale = jnp.asarray(self.potential.energy_scale, self.dtype)
 
     def initial_state(self) -> steps.TrainState:
-        params = self.potential.params
-        return steps.TrainState(
-            params=params,
-            opt_state=self.tx.init(params),
-            ema=jax.tree.map(jnp.copy, params),
-            step=jnp.zeros((), jnp.int32),
-        )
+        return steps.initial_state(self.potential.params, self.tx)
 
     def measure_epoch(self, state: steps.TrainState) -> float:
         """Seconds an epoch (with its share of validation) takes, from compiled steps of every
