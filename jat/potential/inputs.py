@@ -88,7 +88,7 @@ def atomic_numbers_of(numbers: Any = None, symbols: Sequence[str] | None = None)
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if np.any(bad):
             k = int(np.argmax(bad))
-            raise ValueError(f"atom {k}: atomic number {arr[k]!r} is not a whole number")
+            raise ValueError(f"atom {k}: atomic number {float(arr[k]):g} is not a whole number")
     z = arr.astype(np.int64)
     bad = (z < 1) | (z >= len(chemical_symbols))
     if np.any(bad):
