@@ -21,12 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
 from jat.atomic_io import fault_point, recover
 from jat.config import Config, config_to_dict, dump_config, load_config
-from jat.dtypes import precision
+from jat.dtypes import cast, precision
 from jat.potential import Potential
 from jat.training import optim, planning
 from jat.training.data import check_split, expand_path, load_splits, read_files
@@ -289,7 +286,7 @@ def _finish(
         best = trainer.refit_energy_shift(best)
         best_prog = dataclasses.replace(best_prog, energy_shift_refit=True)
         run.save_checkpoint("best", best, None, best_prog)
-    params = jax.tree.map(lambda x: jnp.asarray(x, trainer.dtype), best.params)
+    params = cast(best.params, trainer.cfg.model.dtype)
     summary: dict[str, Any] = {
         "stopped_by": planning.describe_stop(prog, cfg.training.patience),
         "stop_reason": prog.stop_reason,

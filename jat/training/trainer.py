@@ -20,6 +20,7 @@ import numpy as np
 
 from jat.atomic_io import fault_point
 from jat.config import Config
+from jat.dtypes import cast
 from jat.potential import Potential
 from jat.training import optim, steps
 from jat.training.data import load_splits, repulsion_spec, species_of
@@ -287,7 +288,7 @@ class Trainer:
         the training residuals E_ref − Σ μ_Z − E_net on element counts. The data sets' targets
         move with it, so energy errors measure the network, not an arbitrary offset."""
         train = self.data["train"]
-        params = jax.tree.map(lambda x: jnp.asarray(x, self.dtype), potential.params)
+        params = cast(potential.params, self.cfg.model.dtype)
         predict = jax.jit(functools.partial(steps.predict, potential.energy_model, forces=False))
         counts, residual = [], []
         for bucket in train.buckets:
