@@ -51,6 +51,7 @@ def measure(name: str, structures, batch_size: int, epochs: int) -> dict:
     tx = optim.optimizer("adam", 0.0, 10.0)
     step = steps.compiled_train_step(pot.energy_model, tx, steps.LossSpec(), 0.99)
     state = steps.initial_state(pot.params, tx)  # a copy: the step donates its state
+    scale = jnp.full(len(SPECIES), scale, jnp.float32)
     first = data.buckets[0].batch(np.arange(batch_size), batch_size, jnp.float32)
     t0 = time.perf_counter()
     state, m = step(state, scale, first, np.float32(1e-3))

@@ -104,7 +104,8 @@ class Graph:
 
 def single_graph(species, positions, cell, neighbors) -> Graph:
     """The graph of one structure: species (N,), positions (N, 3), cell (3, 3) (zeros in free
-    space) and a :class:`jat.graph.Neighbors` list of it."""
+    space) and an edge list of it (anything with ``senders``, ``receivers``, ``shifts`` and
+    ``mask``: :class:`jat.graph.Neighbors`, :class:`jat.graph.SkinList`)."""
     xp = np if isinstance(positions, np.ndarray) else jnp  # numpy stays numpy (host checks)
     return Graph(
         species=xp.asarray(species, xp.int32),

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jat.graph.errors import GROWABLE, MIN_DISTANCE, GraphError, combine, flag
-from jat.graph.graph import Graph
+from jat.graph.graph import Graph, single_graph
 from jat.graph.neighbors import EDGE_HEADROOM, NeighborSpec, allocate, build, capacity_bucket
 
 DEFAULT_SKIN = 0.5  # Å
@@ -165,18 +165,8 @@ class SkinList:
 
     def full_graph(self, positions, cell) -> Graph:
         """Every listed pair as a graph (species unknown: all 0 on real atoms)."""
-        lst = self
-        species = jnp.where(lst.atom_mask, 0, -1).astype(jnp.int32)
-        return Graph(
-            species=species,
-            positions=positions,
-            cell=jnp.asarray(cell, positions.dtype)[None],
-            senders=lst.senders,
-            receivers=lst.receivers,
-            shifts=lst.shifts,
-            edge_mask=lst.mask,
-            node_graph=jnp.zeros(positions.shape[0], jnp.int32),
-        )
+        species = jnp.where(self.atom_mask, 0, -1).astype(jnp.int32)
+        return single_graph(species, positions, cell, self)
 
     def graph(self, species, positions, cell=None) -> tuple[Graph, jax.Array]:
         """The model graph at ``positions``: species (N,) (−1 padding), the listed edges now

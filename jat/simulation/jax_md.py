@@ -252,17 +252,13 @@ def _perturbed(g: graph.Graph, perturbation) -> graph.Graph:
 
 
 def _listed_graph(senders, receivers, mask, positions, cell) -> graph.Graph:
-    n = positions.shape[0]
-    return graph.Graph(
-        species=jnp.zeros(n, jnp.int32),
-        positions=positions,
-        cell=jnp.asarray(cell, positions.dtype)[None],
-        senders=senders.astype(jnp.int32),
-        receivers=receivers.astype(jnp.int32),
-        shifts=jnp.zeros((senders.shape[0], 3), jnp.int32),
-        edge_mask=mask,
-        node_graph=jnp.zeros(n, jnp.int32),
+    """The pairs of a JAX-MD list as a graph without image shifts (species all 0)."""
+    zero = jnp.zeros((), jnp.int32)
+    edges = graph.Neighbors(
+        senders.astype(jnp.int32), receivers.astype(jnp.int32),
+        jnp.zeros((senders.shape[0], 3), jnp.int32), mask, zero, zero,
     )
+    return graph.single_graph(jnp.zeros(positions.shape[0], jnp.int32), positions, cell, edges)
 
 
 # ---------------------------------------------------------------------------------------------
