@@ -31,10 +31,11 @@ DEFAULT_SKIN = 0.5  # Å
 SLOT_HEADROOM = 1.2  # model slots over the edges within the cutoff at allocation (motion)
 
 
-def within_cutoff(graph: Graph, cutoff: float) -> tuple[jax.Array, jax.Array]:
+def within_cutoff(graph: Graph, cutoff: float, vectors=None) -> tuple[jax.Array, jax.Array]:
     """(E,) the real edges of ``graph`` now shorter than ``cutoff``, and () whether one of them
-    is shorter than MIN_DISTANCE (atoms at the same position). No gradient flows through it."""
-    vectors = jax.lax.stop_gradient(graph.edge_vectors())
+    is shorter than MIN_DISTANCE (atoms at the same position). No gradient flows through it.
+    ``vectors``: the graph's edge vectors when the caller has them already."""
+    vectors = jax.lax.stop_gradient(graph.edge_vectors() if vectors is None else vectors)
     d2 = jnp.sum(vectors * vectors, axis=-1)
     within = graph.edge_mask & (d2 < cutoff * cutoff)
     return within, jnp.any(within & (d2 < MIN_DISTANCE * MIN_DISTANCE))
@@ -47,17 +48,18 @@ def slot_error(count, capacity: int, coincident) -> jax.Array:
     )
 
 
-def compact(graph: Graph, cutoff: float, capacity: int, ordered: bool = True):
+def compact(graph: Graph, cutoff: float, capacity: int, ordered: bool = True, vectors=None):
     """The edges of ``graph`` now shorter than ``cutoff``, compacted into ``capacity`` slots.
 
     Keeps the receiver order (``ordered=False``: the receivers are sorted first, for lists that
     are not). Returns ``(graph, n_within, error)``: the compacted graph (edges beyond
     ``capacity`` are dropped, and ``error`` then has ``MODEL_SLOTS``), the number of edges within
     the cutoff, and the error code (``COINCIDENT`` for an edge shorter than MIN_DISTANCE).
-    No gradient flows through the selection (only through the later edge vectors).
+    No gradient flows through the selection (only through the later edge vectors). ``vectors``:
+    the graph's edge vectors when the caller has them already.
     """
     n = graph.n_nodes
-    within, coincident = within_cutoff(graph, cutoff)
+    within, coincident = within_cutoff(graph, cutoff, vectors)
     senders, receivers, shifts = graph.senders, graph.receivers, graph.shifts
     if not ordered:
         order = jnp.argsort(jnp.where(within, receivers, n), stable=True)

@@ -207,13 +207,14 @@ def _check_x64(potential) -> None:
 
 
 def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
-    """energy(full_graph, capacity, ordered): the model on a listed graph.
+    """energy(full_graph, capacity, ordered, vectors): the model on a listed graph.
 
     ``full_graph`` holds every listed pair (within cutoff + skin at its build) with its edge
     vectors' positions, cell and shifts; the pairs shorter than the cutoff now are compacted
     into ``capacity`` static slots (:func:`jat.graph.compact`, ``ordered``: the receivers are
     already sorted), and the predictor evaluates them. More edges than ``capacity``, or two atoms
     at one position, give NaN (never a silent drop); the list's ``update`` flags both.
+    ``vectors``: the listed edge vectors if the caller has them (no gradient needed).
     """
     model = potential.energy_model
     cutoff = potential.cutoff
@@ -224,7 +225,7 @@ def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
     shift = np.asarray(potential.energy_shift, np.float64)[species]
     composition = composition_energy(potential.energy_shift, species)
 
-    def energy(full: graph.Graph, capacity: int, ordered: bool = True):
+    def energy(full: graph.Graph, capacity: int, ordered: bool = True, vectors=None):
         _check_x64(potential)
         dt = jnp.dtype(dtype)
         full = dataclasses.replace(
@@ -233,7 +234,9 @@ def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
             positions=full.positions.astype(dt),
             cell=full.cell.astype(dt),
         )
-        g, _, error = graph.compact(full, cutoff, capacity, ordered)
+        if vectors is not None:
+            vectors = vectors.astype(dt)
+        g, _, error = graph.compact(full, cutoff, capacity, ordered, vectors)
         p = predict(model, params, scale, g, forces=False)
         valid = jnp.where(error == 0, 1.0, jnp.nan).astype(dt)
         if per_atom:
@@ -249,6 +252,12 @@ def _perturbed(g: graph.Graph, perturbation) -> graph.Graph:
     p = jnp.asarray(perturbation, g.positions.dtype)
     matrix = p.T if p.ndim == 2 else jnp.eye(3, dtype=p.dtype) * p
     return g.transformed(matrix[None])
+
+
+def _perturbed_vectors(vectors, perturbation):
+    """Edge vectors (E, 3) mapped as :func:`_perturbed` maps a graph's."""
+    p = jnp.asarray(perturbation, vectors.dtype)
+    return vectors @ p.T if p.ndim == 2 else vectors * p
 
 
 def _listed_graph(senders, receivers, mask, positions, cell) -> graph.Graph:
@@ -351,23 +360,29 @@ def _jax_md_backend(potential, model, box, fractional, skin, format, multiplier,
         mask = (receivers < n) & (senders < n)
         positions, cell = frame(R, kwargs)
         g = _listed_graph(senders, receivers, mask, positions, cell)
-        if periodic:  # the minimum image of every listed pair
-            direct = jax.lax.stop_gradient(g.edge_vectors())
-            frac = direct @ jnp.linalg.inv(jax.lax.stop_gradient(cell))
-            g = g.with_edges(g.senders, g.receivers, (-jnp.round(frac)).astype(jnp.int32),
-                             mask)
+        if periodic:  # the minimum image of every listed pair, from fractional differences
+            lattice = jax.lax.stop_gradient(cell)
+            frac = jax.lax.stop_gradient(positions) @ jnp.linalg.inv(lattice)
+            direct = _listed_graph(senders, receivers, mask, frac, jnp.eye(3, dtype=frac.dtype))
+            d = direct.edge_vectors()  # s_j - s_i
+            shifts = -jnp.round(d)
+            g = g.with_edges(g.senders, g.receivers, shifts.astype(jnp.int32), mask)
+            vectors = (d + shifts) @ lattice  # = g.edge_vectors(), without a second gather
+        else:
+            vectors = jax.lax.stop_gradient(g.edge_vectors())
         if "perturbation" in kwargs:
             g = _perturbed(g, kwargs["perturbation"])
+            vectors = _perturbed_vectors(vectors, kwargs["perturbation"])
         n_listed = senders.shape[0]  # more slots than listed pairs would only cost time
         capacity = min(capacity_bucket(n_listed * ratio), n_listed)
         if n_listed >= n * (n - 1):  # every pair listed (small systems): no growing possible
             capacity = n_listed
-        return g, ordered, capacity
+        return g, ordered, capacity, jax.lax.stop_gradient(vectors)
 
     def count_within(R, neighbor, kwargs):
         """(edges within the cutoff now, model slots, listed pairs, coincident) of a list."""
-        g, _, capacity = listed(R, neighbor, kwargs)
-        within, coincident = graph.within_cutoff(g, cutoff)
+        g, _, capacity, vectors = listed(R, neighbor, kwargs)
+        within, coincident = graph.within_cutoff(g, cutoff, vectors)
         return jnp.sum(within, dtype=jnp.int32), capacity, g.senders.shape[0], coincident
 
     def flagged(R, nbrs, kwargs):
@@ -416,8 +431,8 @@ def _jax_md_backend(potential, model, box, fractional, skin, format, multiplier,
 
     def energy_fn(R, neighbor, **kwargs):
         """Energy (eV) of positions R (N, 3) with a JAX-MD neighbour list ``neighbor``."""
-        g, ordered, capacity = listed(R, neighbor, kwargs)
-        return model(g, capacity, ordered)
+        g, ordered, capacity, vectors = listed(R, neighbor, kwargs)
+        return model(g, capacity, ordered, vectors)
 
     return MDFunctions(energy_fn, neighbor_fn, displacement, shift, box)
 
