@@ -144,10 +144,14 @@ class SkinList:
             builds=self.builds + 1,
         )
 
-    def update(self, positions: jax.Array, cell: jax.Array | None = None) -> SkinList:
+    def update(
+        self, positions: jax.Array, cell: jax.Array | None = None, *, check_slots: bool = True
+    ) -> SkinList:
         """The list for ``positions`` (N, 3) Å and ``cell`` (3, 3) (default: the last one):
         rebuilt on the device when an atom moved more than skin / 2, the cell changed, or the
-        positions are not finite; the model-slot bound checked at these positions. Jittable."""
+        positions are not finite; the model-slot bound checked at these positions (JAX-MD's
+        loop needs that; a caller that compacts the list right after, with :meth:`graph`, gets
+        the same check from it and passes ``check_slots=False``). Jittable."""
         positions = jnp.asarray(positions)
         cell = self.cell if cell is None else jnp.asarray(cell, positions.dtype)
         moved = jnp.max(
@@ -155,6 +159,8 @@ class SkinList:
         )
         stale = ~(moved <= (0.5 * self.skin) ** 2) | jnp.any(cell != self.cell)
         current = jax.lax.cond(stale, lambda: self._built(positions, cell), lambda: self)
+        if not check_slots:
+            return current
         count, coincident = current.count_within(positions, cell)
         error = slot_error(count, self.capacity, coincident)
         return dataclasses.replace(current, error=current.error | error)

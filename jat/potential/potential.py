@@ -394,8 +394,9 @@ class Potential:
                 what="neighbour list",
             )
             self.compiled.put(spec_key, spec)
-            predictions, nbrs = jax.device_get(out)
-        _raise_input_errors(nbrs, species, pos, cell, pbc, ss)
+            predictions, nbrs = jax.device_get(out[0]), out[1]  # the lists stay on the device
+        if graph.error_bits(nbrs.error) & int(INPUT):
+            _raise_input_errors(jax.device_get(nbrs), species, pos, cell, pbc, ss)
         return [
             self._results(predictions, s, k, n, forces, want_stress) for k, s in enumerate(ss)
         ]

@@ -43,7 +43,7 @@ DEFAULT_SKIN = graph.DEFAULT_SKIN
 def calculator_step(model, stress: bool, params, scale, species, positions, cell, neighbors):
     """One step: the skin list updated to ``positions`` (N, 3) and ``cell`` (3, 3), the model
     graph compacted from it and the predictions; returns (predictions, list)."""
-    neighbors = neighbors.update(positions, cell)
+    neighbors = neighbors.update(positions, cell, check_slots=False)  # graph() checks them
     g, error = neighbors.graph(species, positions, cell)
     neighbors = dataclasses.replace(neighbors, error=neighbors.error | error)
     return predict(model, params, scale, g, forces=True, stress=stress), neighbors
