@@ -28,7 +28,9 @@ from jat.graph.graph import Graph, single_graph
 from jat.graph.neighbors import EDGE_HEADROOM, NeighborSpec, allocate, build, capacity_bucket
 
 DEFAULT_SKIN = 0.5  # Å
-SLOT_HEADROOM = 1.2  # model slots over the edges within the cutoff at allocation (motion)
+# model slots over the edges within the cutoff at allocation: the same headroom as list edges
+# (an edge count that drifts past it makes the list re-allocate, never an edge dropped)
+SLOT_HEADROOM = EDGE_HEADROOM
 
 
 def within_cutoff(graph: Graph, cutoff: float, vectors=None) -> tuple[jax.Array, jax.Array]:

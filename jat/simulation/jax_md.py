@@ -45,7 +45,7 @@ the structure into that standard orientation when needed and keeps the rotation
 In both, every edge vector comes from :meth:`jat.graph.Graph.edge_vectors` (with jax-md's list,
 the periodic image shifts are the minimum-image ones), the edges shorter than the cutoff at the
 current positions are compacted into a static number of slots (:func:`jat.graph.compact`: their
-count at allocation plus 20 %, on a ladder of sizes), so the model costs what it costs on a list
+count at allocation plus 10 %, on a ladder of sizes), so the model costs what it costs on a list
 without skin, and the energy is :func:`jat.predictor.predict`'s. ``nbrs.update`` raises the
 overflow flag when the edges no longer fit, and energy and forces are NaN rather than missing an
 edge; two atoms at one position make them NaN too, and :func:`run_chunk` reports either.
