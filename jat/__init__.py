@@ -16,6 +16,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "Potential": ("jat.potential", "Potential"),
     "Results": ("jat.potential", "Results"),
+    "MemberResults": ("jat.potential", "MemberResults"),
+    "Calibration": ("jat.uncertainty", "Calibration"),
+    "Guard": ("jat.uncertainty", "Guard"),
+    "UncertaintyError": ("jat.uncertainty", "UncertaintyError"),
     "JATCalculator": ("jat.simulation.ase_calculator", "JATCalculator"),
     "graph": ("jat.graph", None),
     "models": ("jat.models", None),
@@ -24,8 +28,9 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from jat import data, graph, models
-    from jat.potential import Potential, Results
+    from jat.potential import MemberResults, Potential, Results
     from jat.simulation.ase_calculator import JATCalculator
+    from jat.uncertainty import Calibration, Guard, UncertaintyError
 
 
 def __getattr__(name: str) -> Any:
@@ -43,4 +48,16 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["JATCalculator", "Potential", "Results", "__version__", "data", "graph", "models"]
+__all__ = [
+    "Calibration",
+    "Guard",
+    "JATCalculator",
+    "MemberResults",
+    "Potential",
+    "Results",
+    "UncertaintyError",
+    "__version__",
+    "data",
+    "graph",
+    "models",
+]

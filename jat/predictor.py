@@ -91,16 +91,38 @@ def predict_committee(
     stress: bool = False,
 ) -> Predictions:
     """:func:`predict` for K parameter sets stacked on a leading axis of every leaf of
-    ``params``, on one graph (shared, not copied); every output gains a leading axis K."""
+    ``params``, on one graph (shared, not copied); every output gains a leading axis K.
+    ``scale`` is (S,) shared by the members or (K, S), one row per member."""
     one = functools.partial(predict, model, forces=forces, stress=stress)
-    return jax.vmap(one, in_axes=(0, None, None))(params, scale, graph)
+    scale_axis = 0 if jnp.ndim(scale) == 2 else None
+    return jax.vmap(one, in_axes=(0, scale_axis, None))(params, scale, graph)
 
 
-def composition_energy(energy_shift: np.ndarray, species: np.ndarray) -> float:
-    """Σ_i μ_Z(i) over the real atoms (species ≥ 0) in float64, eV (host)."""
+def predict_any(
+    model: EnergyModel,
+    params: Any,
+    scale: jax.Array,
+    graph: Graph,
+    *,
+    committee: bool,
+    forces: bool = True,
+    stress: bool = False,
+) -> Predictions:
+    """:func:`predict_committee` when ``committee`` (params with a leading member axis), else
+    :func:`predict`: what a path that serves both single potentials and committees calls."""
+    run = predict_committee if committee else predict
+    return run(model, params, scale, graph, forces=forces, stress=stress)
+
+
+def composition_energy(energy_shift: np.ndarray, species: np.ndarray) -> Any:
+    """Σ_i μ_Z(i) over the real atoms (species ≥ 0) in float64, eV (host): a float for a
+    shift (S,), a (K,) array for one row of shifts per committee member (K, S)."""
     species = np.asarray(species)
     real = species[species >= 0]
-    return float(np.sum(np.asarray(energy_shift, np.float64)[real]))
+    shift = np.asarray(energy_shift, np.float64)
+    if shift.ndim == 2:
+        return np.sum(shift[:, real], axis=1)
+    return float(np.sum(shift[real]))
 
 
 def stress_from_virial(virial: np.ndarray, cell: np.ndarray) -> np.ndarray:
@@ -113,6 +135,7 @@ __all__ = [
     "Predictions",
     "composition_energy",
     "predict",
+    "predict_any",
     "predict_committee",
     "stress_from_virial",
 ]

@@ -136,6 +136,7 @@ def test_dump_round_trip(tmp_path):
         "repulsion": "none",
         "repulsion_radii": "data",
         "repulsion_radius_scale": 0.8,
+        "ensemble": {"kind": "deep", "members": 1, "bootstrap": False},
         "features": 64,
         "gamma": 10.0,
         "norm": "layernorm",
@@ -231,7 +232,7 @@ def test_every_model_accepts_its_hyperparameters():
 def test_model_errors():
     err = _error(None, ["model.name=schnet", "model.heads=2"])
     assert str(err).startswith("command line: model.heads: not a hyperparameter of model 'schnet'")
-    assert "valid keys: cutoff, dtype, features, filters" in str(err)  # lists the valid ones
+    assert "valid keys: cutoff, dtype, ensemble, features, filters" in str(err)  # the valid ones
     err = _error(None, ["model.name=schnet", "model.featurs=2"])
     assert str(err).endswith("did you mean 'features'?")
     err = _error(None, ["model.name=transformer"])

@@ -25,9 +25,11 @@ from typing import Annotated, Any
 from pydantic import Field, TypeAdapter, ValidationInfo, model_serializer, model_validator
 
 from jat.config.values import (
+    Bool,
     Choice,
     Float,
     FrozenMapping,
+    Int,
     Invalid,
     Section,
     as_section_input,
@@ -197,6 +199,25 @@ def _range_check(cls: type, cutoff: float, hyper: Mapping[str, Any]) -> None:
 # The section
 
 
+ENSEMBLE_KINDS = ("deep",)
+
+
+class EnsembleConfig(Section):
+    """A committee trained in one run (members >= 2): K parameter sets with their own random
+    initialisation, trained together by one vmapped step on the same batches; saved as one
+    potential whose predictions are the members' mean and whose uncertainty their σ."""
+
+    kind: Annotated[str, Choice(ENSEMBLE_KINDS)] = Field(
+        "deep", description="deep: K independent parameter sets of the model"
+    )
+    members: Int(ge=1) = Field(1, description="committee size K (1: a single model)")
+    bootstrap: Bool = Field(
+        False,
+        description="each member weights the training structures by its own bootstrap "
+        "resample counts (drawn once per run from the seed)",
+    )
+
+
 class ModelConfig(Section):
     """``hyper``: the model's hyperparameters given in the configuration (keyword arguments of
     ``jat.models.MODELS[name]``; the class supplies the rest). Lists are stored as tuples and
@@ -218,6 +239,9 @@ class ModelConfig(Section):
     )
     repulsion_radius_scale: Float(gt=0) = Field(
         0.8, description="covalent: off at this x (R_a + R_b) (also pairs absent from the data)"
+    )
+    ensemble: EnsembleConfig = Field(
+        default_factory=EnsembleConfig, description="train a committee (members >= 2)"
     )
     hyper: FrozenMapping = Field(DEFAULT_HYPER, description="any hyperparameter of the model")
 
@@ -315,7 +339,9 @@ def _model_branch(name: str, cls: type) -> dict[str, Any]:
 __all__ = [
     "DEFAULT_HYPER",
     "DEFAULT_MODEL",
+    "ENSEMBLE_KINDS",
     "FILE_CONTEXT",
+    "EnsembleConfig",
     "NOT_HYPER",
     "ModelConfig",
     "class_defaults",

@@ -4,6 +4,14 @@ format (:mod:`.files`), the checks of its inputs (:mod:`.inputs`) and its compil
 
 from jat.dtypes import DTYPES
 from jat.potential.files import FORMAT, FORMAT_VERSION, PotentialFileError
-from jat.potential.potential import Potential, Results
+from jat.potential.potential import MemberResults, Potential, Results
 
-__all__ = ["DTYPES", "FORMAT", "FORMAT_VERSION", "Potential", "PotentialFileError", "Results"]
+__all__ = [
+    "DTYPES",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MemberResults",
+    "Potential",
+    "PotentialFileError",
+    "Results",
+]

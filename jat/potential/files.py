@@ -30,6 +30,7 @@ METADATA_FILE = "metadata.json"
 PARAMS_FILE = "params.msgpack"
 POTENTIAL_FILES = frozenset({METADATA_FILE, PARAMS_FILE})
 MAX_METADATA_BYTES = 16 * 2**20
+MAX_MEMBERS = 1024  # committee members a file may declare (checked before building anything)
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "best", "last")
 
 
@@ -52,6 +53,8 @@ class Metadata:
     repulsion: dict[str, Any] | None
     module_class: str | None
     num_params: int | None
+    members: int | None = None
+    calibration: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,9 +76,11 @@ def metadata_dict(potential: Any, jat_version: str) -> dict[str, Any]:
         "species": list(potential.species),
         "cutoff": potential.cutoff,
         "dtype": potential.dtype,
-        "energy_shift": [float(x) for x in potential.energy_shift],
-        "energy_scale": [float(x) for x in potential.energy_scale],
+        "energy_shift": np.asarray(potential.energy_shift, np.float64).tolist(),
+        "energy_scale": np.asarray(potential.energy_scale, np.float64).tolist(),
         "repulsion": None if potential.repulsion is None else potential.repulsion.to_dict(),
+        "members": potential.members,
+        "calibration": potential.calibration.to_dict(),
         "num_params": int(sum(np.size(x) for x in jax.tree.leaves(potential.params))),
     }
 
@@ -211,8 +216,18 @@ def read_metadata(directory: Path, known_models: Mapping[str, Any]) -> Metadata:
     if dtype not in DTYPES:
         raise bad("dtype", f"must be one of {', '.join(DTYPES)}, got {_show(dtype)}")
     n = len(species)
-    shift = _numbers(meta["energy_shift"], n, "energy_shift", bad)
-    scale = _numbers(meta["energy_scale"], n, "energy_scale", bad)
+    members = meta.get("members")
+    if members is not None and (not _is_int(members) or not 2 <= members <= MAX_MEMBERS):
+        raise bad(
+            "members",
+            f"must be null (one parameter set) or an integer from 2 to {MAX_MEMBERS}, "
+            f"got {_show(members)}",
+        )
+    shift = _reference(meta["energy_shift"], n, members, "energy_shift", bad)
+    scale = _reference(meta["energy_scale"], n, members, "energy_scale", bad)
+    calibration = meta.get("calibration")
+    if calibration is not None and not isinstance(calibration, dict):
+        raise bad("calibration", f"must be null or an object, got {_kind(calibration)}")
     kwargs = meta.get("model_kwargs", {})
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise bad("model_kwargs", f"must be an object of hyperparameters, got {_kind(kwargs)}")
@@ -235,6 +250,8 @@ def read_metadata(directory: Path, known_models: Mapping[str, Any]) -> Metadata:
         repulsion=repulsion,
         module_class=module_class if isinstance(module_class, str) else None,
         num_params=num_params,
+        members=members,
+        calibration=calibration,
     )
 
 
@@ -278,6 +295,15 @@ def read_params(directory: Path, template: Any) -> Any:
         if not np.all(np.isfinite(arr)):
             raise PotentialFileError(f"{path}: parameter {key} has NaN or infinite values")
     return serialization.from_state_dict(template, raw)
+
+
+def _reference(value: Any, n: int, members: int | None, field: str, bad) -> np.ndarray:
+    """A per-species list (S,), or for a committee also one such list per member (K, S)."""
+    if members is not None and isinstance(value, list) and value and isinstance(value[0], list):
+        if len(value) != members:
+            raise bad(field, f"must have one row per member ({members}), got {len(value)}")
+        return np.stack([_numbers(row, n, field, bad) for row in value])
+    return _numbers(value, n, field, bad)
 
 
 def _numbers(value: Any, n: int, field: str, bad) -> np.ndarray:
@@ -339,6 +365,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "MAX_MEMBERS",
     "METADATA_FILE",
     "PARAMS_FILE",
     "Metadata",

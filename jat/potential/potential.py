@@ -33,7 +33,22 @@ from jat.models.repulsion import make_repulsion
 from jat.potential import files
 from jat.potential.compiled import CompiledCache
 from jat.potential.inputs import SpeciesTable, StructureArrays, atom_slots, structure_arrays
-from jat.predictor import composition_energy, predict, stress_from_virial
+from jat.predictor import composition_energy, predict_any, stress_from_virial
+from jat.uncertainty import Calibration, spread
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberResults:
+    """Every committee member's values for one structure (float64 numpy, K members).
+
+    energy: (K,) eV; energies: (K, N) eV; forces: (K, N, 3) eV/Å or None; stress: (K, 3, 3)
+    eV/Å³ or None.
+    """
+
+    energy: np.ndarray
+    energies: np.ndarray
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +56,22 @@ class Results:
     """Results for one structure (float64 numpy on the host).
 
     energy: total energy (eV); energies: (N,) per-atom energies (eV); forces: (N, 3) eV/Å or None;
-    stress: (3, 3) eV/Å³ or None (only for fully periodic cells).
+    stress: (3, 3) eV/Å³ or None (only for fully periodic cells). For a committee these are the
+    members' means, and ``energy_std`` (eV), ``energies_std`` (N,), ``forces_std`` (N, 3) and
+    ``stress_std`` (3, 3) their standard deviations (σ, never a variance), multiplied by the
+    potential's calibration factors unless computed with ``calibrated=False``; ``members``
+    holds every member's values when asked for. For a single potential the σ are None.
     """
 
     energy: float
     energies: np.ndarray
     forces: np.ndarray | None = None
     stress: np.ndarray | None = None
+    energy_std: float | None = None
+    energies_std: np.ndarray | None = None
+    forces_std: np.ndarray | None = None
+    stress_std: np.ndarray | None = None
+    members: MemberResults | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -59,14 +83,19 @@ class Potential:
         params: its parameters (a pytree).
         species: element symbols; species index k is ``species[k]``.
         cutoff: neighbour cutoff r_c in Å.
-        energy_shift: (S,) per-species shift μ_Z in eV.
-        energy_scale: (S,) per-species scale s_Z in eV.
+        energy_shift: (S,) per-species shift μ_Z in eV ((K, S) for a committee whose members
+            have their own).
+        energy_scale: (S,) per-species scale s_Z in eV ((K, S) likewise).
         dtype: "float32" (default) or "float64"; float64 is enabled only inside this object's
             calls (``jax.enable_x64`` as a context), never globally.
         model: "jat", "schnet", "bessel" or "custom"; with ``model_kwargs`` it rebuilds the
             module on load.
         repulsion: None, or a fixed short-range pair term (:class:`jat.models.ZBL`) added to
             the network's energy everywhere the potential is evaluated or trained.
+        members: None for one parameter set; K for a committee, whose every parameter leaf has
+            a leading axis K (:meth:`committee`). Its predictions are the members' mean, its
+            uncertainty their standard deviation (:mod:`jat.uncertainty`).
+        calibration: factors applied to a committee's σ (:class:`jat.uncertainty.Calibration`).
         compiled: the cache of compiled functions, device constants and neighbour-list bounds
             (:class:`jat.potential.compiled.CompiledCache`); every copy starts with an empty one.
     """
@@ -81,6 +110,8 @@ class Potential:
     model: str = "custom"
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     repulsion: ZBL | None = None
+    members: int | None = None
+    calibration: Calibration = dataclasses.field(default_factory=Calibration)
     compiled: CompiledCache = dataclasses.field(
         default_factory=CompiledCache, init=False, repr=False, compare=False
     )
@@ -96,6 +127,7 @@ class Potential:
         seed: int = 0,
         dtype: str = "float32",
         repulsion: str | Mapping[str, Any] | ZBL | None = None,
+        members: int | None = None,
         **model_kwargs: Any,
     ) -> Potential:
         """Build a potential with freshly initialised parameters.
@@ -111,16 +143,19 @@ class Potential:
                 "radii": [[...]]}``: a ZBL pair repulsion switched off at the given (S, S)
                 radii in Å, or at radius_scale × the sum of covalent radii where a radius is
                 None/NaN or none are given (see :mod:`jat.models.repulsion`), for long MD.
+            members: None for one parameter set, or K >= 2 for a committee of K members
+                initialised independently (from keys folded from ``seed``).
             **model_kwargs: hyperparameters of the named model (see ``jat.models``), checked
                 (``jat.models.HyperparameterError`` names a bad one).
         """
         species = check_species(species)
         dtype = check_dtype(dtype)
         cutoff = check_cutoff(cutoff)
+        members = check_members(members)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         module, name, kwargs = _module(model, len(species), cutoff, model_kwargs)
-        params = init_params(module, int(seed), dtype)
+        params = init_params(module, int(seed), dtype, members)
         n = len(species)
         return cls(
             module=module,
@@ -133,7 +168,92 @@ class Potential:
             model=name,
             model_kwargs=kwargs,
             repulsion=make_repulsion(repulsion, species, cutoff),
+            members=members,
         )
+
+    @classmethod
+    def committee(
+        cls, potentials: Sequence[Potential], calibration: Calibration | None = None
+    ) -> Potential:
+        """One committee of K >= 2 potentials of the same model (same module, species, cutoff,
+        dtype and repulsion), e.g. separately trained runs or k-fold models.
+
+        Members that are committees themselves contribute each of their members. Energy
+        shifts and scales may differ between members (then they are kept per member).
+        """
+        singles: list[Potential] = []
+        for k, p in enumerate(potentials):
+            if not isinstance(p, Potential):
+                raise TypeError(f"committee member {k} is {type(p).__name__}, not a Potential")
+            singles.extend(p.member(m) for m in range(p.n_members))
+        if len(singles) < 2:
+            raise ValueError(f"a committee needs at least 2 members, got {len(singles)}")
+        first = singles[0]
+        for k, p in enumerate(singles[1:], start=1):
+            for field in ("model", "species", "cutoff", "dtype", "repulsion"):
+                if getattr(p, field) != getattr(first, field):
+                    raise ValueError(
+                        f"committee member {k} differs from member 0 in {field}: "
+                        f"{getattr(p, field)!r} vs {getattr(first, field)!r}"
+                    )
+            if dict(p.model_kwargs) != dict(first.model_kwargs) or p.module != first.module:
+                raise ValueError(f"committee member {k} has other hyperparameters than member 0")
+            leaves, first_leaves = jax.tree.leaves(p.params), jax.tree.leaves(first.params)
+            if jax.tree.structure(p.params) != jax.tree.structure(first.params) or any(
+                np.shape(a) != np.shape(b) for a, b in zip(leaves, first_leaves, strict=True)
+            ):
+                raise ValueError(f"committee member {k}'s parameters differ in shape")
+        with precision(first.dtype):
+            params = jax.tree.map(lambda *x: jnp.stack(x), *[p.params for p in singles])
+        return cls(
+            module=first.module,
+            params=params,
+            species=first.species,
+            cutoff=first.cutoff,
+            energy_shift=_rows([p.energy_shift for p in singles]),
+            energy_scale=_rows([p.energy_scale for p in singles]),
+            dtype=first.dtype,
+            model=first.model,
+            model_kwargs=first.model_kwargs,
+            repulsion=first.repulsion,
+            members=len(singles),
+            calibration=Calibration() if calibration is None else calibration,
+        )
+
+    @property
+    def n_members(self) -> int:
+        """The number of parameter sets: K for a committee, else 1."""
+        return self.members or 1
+
+    def member(self, k: int) -> Potential:
+        """Member ``k`` of a committee as a single potential (k = 0 of a single one: itself)."""
+        if not self.members:
+            if k != 0:
+                raise IndexError(f"a single potential has only member 0, not {k}")
+            return self
+        if not (isinstance(k, (int, np.integer)) and 0 <= k < self.members):
+            raise IndexError(f"member {k!r} out of range for a committee of {self.members}")
+
+        def row(arr):
+            arr = np.asarray(arr)
+            return arr[k] if arr.ndim == 2 else arr
+
+        return dataclasses.replace(
+            self,
+            params=jax.tree.map(lambda x: x[k], self.params),
+            energy_shift=row(self.energy_shift),
+            energy_scale=row(self.energy_scale),
+            members=None,
+            calibration=Calibration(),
+        )
+
+    def with_calibration(self, calibration: Calibration) -> Potential:
+        """A copy whose σ are multiplied by ``calibration``'s factors (a committee's only)."""
+        if not isinstance(calibration, Calibration):
+            raise TypeError(f"expected a jat.uncertainty.Calibration, got {type(calibration)}")
+        if not self.members:
+            raise ValueError("only a committee (members >= 2) has a σ to calibrate")
+        return dataclasses.replace(self, calibration=calibration)
 
     @property
     def energy_model(self) -> EnergyModel:
@@ -150,8 +270,8 @@ class Potential:
     ) -> Potential:
         """A copy with new per-species energy shift μ_Z and/or scale s_Z (eV), in species order."""
         n = len(self.species)
-        new_shift = self.energy_shift if shift is None else _vector(shift, n, "shift")
-        new_scale = self.energy_scale if scale is None else _vector(scale, n, "scale")
+        new_shift = self.energy_shift if shift is None else _vector(shift, n, "shift", self.members)
+        new_scale = self.energy_scale if scale is None else _vector(scale, n, "scale", self.members)
         return dataclasses.replace(self, energy_shift=new_shift, energy_scale=new_scale)
 
     def with_repulsion(self, repulsion: str | Mapping[str, Any] | ZBL | None) -> Potential:
@@ -210,6 +330,8 @@ class Potential:
         pbc: Any = None,
         forces: bool = True,
         stress: bool | None = None,
+        members: bool = False,
+        calibrated: bool = True,
     ) -> Results:
         """Energy, per-atom energies, forces and stress of one structure.
 
@@ -218,20 +340,31 @@ class Potential:
         ``pbc``. ``stress`` defaults to True for fully periodic structures. Every call checks its
         input (finite positions, known elements, a valid cell along periodic axes, no two atoms
         at one position) and raises ValueError naming the problem.
+
+        For a committee the results are the members' means with their σ (``energy_std``, …;
+        calibrated unless ``calibrated=False``), and ``members=True`` adds every member's values.
         """
         s = structure_arrays(
             self.species_table, atoms, positions=positions, numbers=numbers, symbols=symbols,
             cell=cell, pbc=pbc,
         )
-        return self._evaluate([s], forces, stress, pad=False)[0]
+        return self._evaluate([s], forces, stress, pad=False, members=members,
+                              calibrated=calibrated)[0]
 
     def compute_batch(
-        self, structures: Sequence[Any], *, forces: bool = True, stress: bool | None = None
+        self,
+        structures: Sequence[Any],
+        *,
+        forces: bool = True,
+        stress: bool | None = None,
+        members: bool = False,
+        calibrated: bool = True,
     ) -> list[Results]:
         """Evaluate several ASE ``Atoms`` in one compiled call over a padded batch.
 
         The batch is one disjoint graph (neighbour lists built per structure, under ``vmap``).
         All structures must share their ``pbc``. Atoms are padded to a multiple of 8 per batch.
+        ``members`` and ``calibrated`` as in :meth:`compute`.
         """
         ss = []
         for k, atoms in enumerate(structures):
@@ -247,7 +380,8 @@ class Potential:
                     f"structure {k} has pbc {s.pbc} but structure 0 has {ss[0].pbc}; "
                     "batch structures with the same periodicity together"
                 )
-        return self._evaluate(ss, forces, stress, pad=True)
+        return self._evaluate(ss, forces, stress, pad=True, members=members,
+                              calibrated=calibrated)
 
     def energy(self, atoms: Any) -> float:
         """Total energy (eV) of an ASE ``Atoms``."""
@@ -277,11 +411,13 @@ class Potential:
             )
 
     def calculator(self, **kwargs: Any):
-        """An ASE calculator (energy, free_energy, energies, forces, stress) for this potential.
+        """An ASE calculator (energy, free_energy, energies, forces, stress; for a committee
+        also their σ) for this potential.
 
         Keyword arguments go to :class:`jat.simulation.ase_calculator.JATCalculator`: ``skin``
         (Å, default :data:`jat.graph.DEFAULT_SKIN`: the neighbour list is reused until an atom
-        moved more than skin/2) and ``dtype`` ("float64" evaluates a float64 copy).
+        moved more than skin/2), ``dtype`` ("float64" evaluates a float64 copy), ``guard``
+        (stop or flag MD when the force σ passes a threshold) and ``members``.
         """
         from jat.simulation.ase_calculator import JATCalculator
 
@@ -340,7 +476,11 @@ class Potential:
             repulsion = make_repulsion(meta.repulsion, meta.species, meta.cutoff)
         except (TypeError, ValueError) as err:
             raise files.PotentialFileError(f"{where} 'repulsion': {err}") from None
-        template = jax.eval_shape(lambda: init_params(net, 0, "float32"))
+        try:
+            calibration = Calibration.from_dict(meta.calibration or {})
+        except (TypeError, ValueError) as err:
+            raise files.PotentialFileError(f"{where} 'calibration': {err}") from None
+        template = jax.eval_shape(lambda: init_params(net, 0, "float32", meta.members))
         raw = files.read_params(directory, template)
         with precision(meta.dtype):
             params = cast(raw, meta.dtype)
@@ -355,12 +495,20 @@ class Potential:
             model=name,
             model_kwargs=kwargs,
             repulsion=repulsion,
+            members=meta.members,
+            calibration=calibration,
         )
 
     # ---------------------------------------------------------------- internals
 
     def _evaluate(
-        self, ss: list[StructureArrays], forces: bool, stress: bool | None, pad: bool
+        self,
+        ss: list[StructureArrays],
+        forces: bool,
+        stress: bool | None,
+        pad: bool,
+        members: bool = False,
+        calibrated: bool = True,
     ) -> list[Results]:
         """Results of structures sharing one pbc; ``stress=None`` means "if fully periodic"."""
         pbc = ss[0].pbc
@@ -397,13 +545,23 @@ class Potential:
             predictions, nbrs = jax.device_get(out[0]), out[1]  # the lists stay on the device
         if graph.error_bits(nbrs.error) & int(INPUT):
             _raise_input_errors(jax.device_get(nbrs), species, pos, cell, pbc, ss)
+        if not self.members:
+            return [
+                self._results(predictions, s, k, n, forces, want_stress)
+                for k, s in enumerate(ss)
+            ]
         return [
-            self._results(predictions, s, k, n, forces, want_stress) for k, s in enumerate(ss)
+            self._committee_results(
+                predictions, s, k, n, forces, want_stress, members, calibrated
+            )
+            for k, s in enumerate(ss)
         ]
 
     def _compiled(self, spec: graph.NeighborSpec, forces: bool, stress: bool):
         def make():
-            f = functools.partial(evaluate_batch, self.energy_model, spec, forces, stress)
+            f = functools.partial(
+                evaluate_batch, self.energy_model, spec, forces, stress, bool(self.members)
+            )
             return jax.jit(f)
 
         return self.compiled.get(("evaluate", spec, forces, stress), make)
@@ -417,15 +575,51 @@ class Potential:
         sigma = stress_from_virial(p.virial[k], s.cell) if stress else None
         return Results(energy=energy, energies=energies, forces=f, stress=sigma)
 
+    def _committee_results(
+        self, p, s: StructureArrays, k: int, n: int, forces: bool, stress: bool,
+        members: bool, calibrated: bool,
+    ) -> Results:
+        """Mean and σ over the members (leading axis of every prediction) in float64."""
+        rows = slice(k * n, k * n + s.n_atoms)
+        shift = np.broadcast_to(np.asarray(self.energy_shift), (self.members, len(self.species)))
+        each = MemberResults(
+            energy=np.asarray(p.energy[:, k], np.float64)
+            + composition_energy(shift, s.species),
+            energies=np.asarray(p.energies[:, rows], np.float64) + shift[:, s.species],
+            forces=np.asarray(p.forces[:, rows], np.float64) if forces else None,
+            stress=np.stack([stress_from_virial(v[k], s.cell) for v in p.virial])
+            if stress
+            else None,
+        )
+        cal = self.calibration if calibrated else Calibration()
+        energy, energy_std = spread(each.energy)
+        energies, energies_std = spread(each.energies)
+        out = {
+            "energy": float(energy),
+            "energies": energies,
+            "energy_std": float(energy_std) * cal.energy,
+            "energies_std": energies_std * cal.energy,
+        }
+        if forces:
+            mean, std = spread(each.forces)
+            out.update(forces=mean, forces_std=std * cal.forces)
+        if stress:
+            mean, std = spread(each.stress)
+            out.update(stress=mean, stress_std=std * cal.stress)
+        return Results(**out, members=each if members else None)
+
 
 # ---------------------------------------------------------------------------------------------
 # the compiled evaluation of a padded batch
 
 
-def evaluate_batch(model, spec, forces, stress, params, scale, positions, species, cell):
+def evaluate_batch(
+    model, spec, forces, stress, committee, params, scale, positions, species, cell
+):
     """Predictions and neighbour lists of a padded batch (B structures of n atom slots):
     positions (B, n, 3) Å, species (B, n) (−1 = padding), cell (B, 3, 3). The lists are built
-    inside, one per structure (vmapped), and the batch evaluated as one disjoint graph."""
+    inside, one per structure (vmapped), and the batch evaluated as one disjoint graph (by every
+    member of a ``committee``: a leading member axis on the predictions)."""
     periodic = any(spec.pbc)
     nbrs = jax.vmap(graph.build, in_axes=(0, 0 if periodic else None, 0, None))(
         positions, cell if periodic else None, species >= 0, spec
@@ -433,7 +627,10 @@ def evaluate_batch(model, spec, forces, stress, params, scale, positions, specie
     g = graph.batch_graph(
         species, positions, cell, nbrs.senders, nbrs.receivers, nbrs.shifts, nbrs.mask
     )
-    return predict(model, params, scale, g, forces=forces, stress=stress), nbrs
+    predictions = predict_any(
+        model, params, scale, g, committee=committee, forces=forces, stress=stress
+    )
+    return predictions, nbrs
 
 
 def _raise_input_errors(nbrs, species, positions, cell, pbc, ss) -> None:
@@ -484,17 +681,40 @@ def _module(model, num_species: int, cutoff: float, model_kwargs):
     raise TypeError(f"model must be a name or a flax.linen.Module, got {type(model)}")
 
 
-def init_params(module: nn.Module, seed: int, dtype: str):
+def init_params(module: nn.Module, seed: int, dtype: str, members: int | None = None):
     """Initialise parameters on a two-atom dummy graph, in float32 so that a seed gives the same
-    parameters whatever the dtype, then cast to ``dtype``."""
+    parameters whatever the dtype, then cast to ``dtype``. With ``members`` K: K independent
+    sets (keys folded from the seed's) stacked on a leading axis."""
     species = jnp.array([0, 0], jnp.int32)
     vec = jnp.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], jnp.float32)
     senders = jnp.array([1, 0], jnp.int32)
     receivers = jnp.array([0, 1], jnp.int32)
     mask = jnp.array([True, True])
-    params = module.init(jax.random.PRNGKey(seed), species, vec, senders, receivers, mask)
+
+    def init(key):
+        return module.init(key, species, vec, senders, receivers, mask)
+
+    key = jax.random.PRNGKey(seed)
+    if members:
+        keys = jnp.stack([jax.random.fold_in(key, k) for k in range(members)])
+        params = jax.vmap(init)(keys)
+    else:
+        params = init(key)
     with precision(dtype):
         return cast(params, dtype)
+
+
+def check_members(members: Any) -> int | None:
+    """None (one parameter set) or a committee size K >= 2, as an int."""
+    if members is None:
+        return None
+    if isinstance(members, bool) or not isinstance(members, (int, np.integer)):
+        raise ValueError(f"members must be None or an integer >= 2, got {members!r}")
+    if not 2 <= int(members) <= files.MAX_MEMBERS:
+        raise ValueError(
+            f"members must be None or an integer from 2 to {files.MAX_MEMBERS}, got {members}"
+        )
+    return int(members)
 
 
 def check_species(species: Sequence[str]) -> tuple[str, ...]:
@@ -522,10 +742,23 @@ def check_cutoff(cutoff: Any) -> float:
     return value
 
 
-def _vector(values: Sequence[float], n: int, name: str) -> np.ndarray:
+def _rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """One (S,) row shared by all members when they agree, else their (K, S) stack."""
+    arrays = [np.asarray(a, np.float64) for a in arrays]
+    if all(np.array_equal(a, arrays[0]) for a in arrays):
+        return arrays[0]
+    return np.stack(arrays)
+
+
+def _vector(
+    values: Sequence[float], n: int, name: str, members: int | None = None
+) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
-    if arr.shape != (n,):
-        raise ValueError(f"{name} must have one value per species ({n}), got shape {arr.shape}")
+    if arr.shape != (n,) and not (members and arr.shape == (members, n)):
+        allowed = f"({n},)" + (f" or ({members}, {n})" if members else "")
+        raise ValueError(
+            f"{name} must have one value per species, shape {allowed}, got shape {arr.shape}"
+        )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got {arr}")
     return arr
@@ -538,9 +771,11 @@ def _jat_version() -> str:
 
 
 __all__ = [
+    "MemberResults",
     "Potential",
     "Results",
     "check_cutoff",
+    "check_members",
     "check_species",
     "evaluate_batch",
     "init_params",

@@ -17,6 +17,12 @@ vector and triggers a rebuild.
 
 Energies in eV, forces eV/Å, stress eV/Å³ (Voigt order, ASE's sign convention: the derivative of
 the energy per volume with respect to strain).
+
+For a committee (``Potential.members``) the results are the members' means, with their
+calibrated standard deviations under ``energy_std``, ``energies_std``, ``forces_std`` (N, 3) and
+``stress_std`` (Voigt); ``members=True`` adds ``energy_members`` (K,), ``forces_members``
+(K, N, 3) and ``stress_members`` (K, 6). A :class:`jat.uncertainty.Guard` stops (or flags) a
+simulation when the largest per-atom force σ passes its threshold.
 """
 
 from __future__ import annotations
@@ -35,18 +41,25 @@ from jat import graph
 from jat.dtypes import precision
 from jat.graph.errors import INPUT
 from jat.potential.inputs import StructureArrays, atom_slots, structure_arrays
-from jat.predictor import composition_energy, predict, stress_from_virial
+from jat.predictor import composition_energy, predict_any, stress_from_virial
+from jat.uncertainty import Guard, GuardEvent, UncertaintyError, atom_force_std, spread
 
 DEFAULT_SKIN = graph.DEFAULT_SKIN
 
 
-def calculator_step(model, stress: bool, params, scale, species, positions, cell, neighbors):
+def calculator_step(
+    model, stress: bool, committee: bool, params, scale, species, positions, cell, neighbors
+):
     """One step: the skin list updated to ``positions`` (N, 3) and ``cell`` (3, 3), the model
-    graph compacted from it and the predictions; returns (predictions, list)."""
+    graph compacted from it and the predictions (with a leading member axis for a
+    ``committee``); returns (predictions, list)."""
     neighbors = neighbors.update(positions, cell, check_slots=False)  # graph() checks them
     g, error = neighbors.graph(species, positions, cell)
     neighbors = dataclasses.replace(neighbors, error=neighbors.error | error)
-    return predict(model, params, scale, g, forces=True, stress=stress), neighbors
+    predictions = predict_any(
+        model, params, scale, g, committee=committee, forces=True, stress=stress
+    )
+    return predictions, neighbors
 
 
 @dataclasses.dataclass
@@ -70,6 +83,12 @@ class JATCalculator(Calculator):
             moved. A new atom count or periodicity allocates a new list.
         dtype: "float32" or "float64" to evaluate in that precision (a cast copy of the
             potential); default: the potential's own dtype.
+        guard: a committee only: a :class:`jat.uncertainty.Guard` (or a number, its
+            ``max_force_std`` in eV/Å, action "stop"): when the largest per-atom force σ of an
+            evaluation passes it, "stop" raises :class:`jat.uncertainty.UncertaintyError`
+            naming the evaluation, the atom and the value, "flag" appends a
+            :class:`jat.uncertainty.GuardEvent` to ``guard_events`` and goes on.
+        members: a committee only: also put every member's values in ``results``.
         **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
 
     Attributes:
@@ -78,6 +97,8 @@ class JATCalculator(Calculator):
         edge_capacity: current model edge slots (edges within the cutoff, padded).
         shapes: the distinct (padded atoms, list capacity, model slots, stress) shapes evaluated
             so far; each is one compilation (shared with other calculators of the potential).
+        evaluations: evaluations so far (the step number the guard reports, from 0).
+        guard_events: where a "flag" guard's threshold was passed.
 
     Results are cached per atomic state by ASE (``check_state``): asking for energy, forces and
     stress of the same configuration evaluates once; forces and, for fully periodic cells, the
@@ -87,7 +108,14 @@ class JATCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
     def __init__(
-        self, potential: Any, *, skin: float = DEFAULT_SKIN, dtype: str | None = None, **kwargs
+        self,
+        potential: Any,
+        *,
+        skin: float = DEFAULT_SKIN,
+        dtype: str | None = None,
+        guard: Guard | float | None = None,
+        members: bool = False,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if dtype is not None:
@@ -95,8 +123,19 @@ class JATCalculator(Calculator):
         skin = float(skin)
         if not (np.isfinite(skin) and skin >= 0):
             raise ValueError(f"skin must be a finite number of Å >= 0, got {skin}")
+        if guard is not None and not isinstance(guard, Guard):
+            guard = Guard(guard)
+        if (guard is not None or members) and not potential.members:
+            raise ValueError(
+                "guard and members need a committee (a potential with members >= 2): a single "
+                "potential has no uncertainty"
+            )
         self.potential = potential
         self.skin = skin
+        self.guard = guard
+        self.members = bool(members)
+        self.evaluations = 0
+        self.guard_events: list[GuardEvent] = []
         self.allocations = 0
         self.shapes: set[tuple[int, int, int, bool]] = set()
         self._state: _State | None = None
@@ -132,6 +171,12 @@ class JATCalculator(Calculator):
                 "stress needs a fully periodic structure (pbc = True on all axes)"
             )
         p = self._compute(s, periodic)
+        step = self.evaluations
+        self.evaluations += 1
+        if self.potential.members:
+            self.results = self._committee_results(p, s, periodic)
+            self._check_guard(step)
+            return
         n = s.n_atoms
         pot = self.potential
         energy = float(p.energy[0]) + composition_energy(pot.energy_shift, s.species)
@@ -144,6 +189,52 @@ class JATCalculator(Calculator):
         if periodic:
             sigma = stress_from_virial(p.virial[0], s.cell)
             self.results["stress"] = full_3x3_to_voigt_6_stress(sigma)
+
+    def _committee_results(self, p, s: StructureArrays, periodic: bool) -> dict[str, Any]:
+        """Means, calibrated σ and (if asked) members' values of a committee's predictions."""
+        pot = self.potential
+        n = s.n_atoms
+        cal = pot.calibration
+        shift = np.broadcast_to(np.asarray(pot.energy_shift), (pot.members, len(pot.species)))
+        energy_k = np.asarray(p.energy[:, 0], np.float64) + composition_energy(shift, s.species)
+        energies_k = np.asarray(p.energies[:, :n], np.float64) + shift[:, s.species]
+        forces_k = np.asarray(p.forces[:, :n], np.float64)
+        energy, energy_std = spread(energy_k)
+        energies, energies_std = spread(energies_k)
+        forces, forces_std = spread(forces_k)
+        out: dict[str, Any] = {
+            "energy": float(energy),
+            "free_energy": float(energy),
+            "energies": energies,
+            "forces": forces,
+            "energy_std": float(energy_std) * cal.energy,
+            "energies_std": energies_std * cal.energy,
+            "forces_std": forces_std * cal.forces,
+        }
+        if self.members:
+            out.update(energy_members=energy_k, forces_members=forces_k)
+        if periodic:
+            stress_k = np.stack([stress_from_virial(v[0], s.cell) for v in p.virial])
+            stress, stress_std = spread(stress_k)
+            out["stress"] = full_3x3_to_voigt_6_stress(stress)
+            out["stress_std"] = full_3x3_to_voigt_6_stress(stress_std * cal.stress)
+            if self.members:
+                out["stress_members"] = np.stack([full_3x3_to_voigt_6_stress(x) for x in stress_k])
+        return out
+
+    def _check_guard(self, step: int) -> None:
+        if self.guard is None:
+            return
+        per_atom = atom_force_std(self.results["forces_std"])
+        if per_atom.size == 0:
+            return
+        atom = int(np.argmax(per_atom))
+        value = float(per_atom[atom])
+        if value <= self.guard.max_force_std:
+            return
+        if self.guard.action == "stop":
+            raise UncertaintyError(step, atom, value, self.guard.max_force_std, "ASE calculator, ")
+        self.guard_events.append(GuardEvent(step, atom, value))
 
     # ---------------------------------------------------------------- internals
 
@@ -161,9 +252,12 @@ class JATCalculator(Calculator):
         species[: s.n_atoms] = s.species
         with precision(pot.dtype):
             params, scale = pot.device_constants()
+            committee = bool(pot.members)
             fn = pot.compiled.get(
                 ("calculator", stress),
-                lambda: jax.jit(functools.partial(calculator_step, pot.energy_model, stress)),
+                lambda: jax.jit(
+                    functools.partial(calculator_step, pot.energy_model, stress, committee)
+                ),
             )
             args = (jnp.asarray(species), jnp.asarray(pos, dt), jnp.asarray(s.cell, dt))
 

@@ -58,6 +58,7 @@ float64 potential without it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -72,7 +73,8 @@ from jat.graph.geometry import cell_heights, check_cell, reduce_positions
 from jat.graph.neighbors import capacity_bucket
 from jat.graph.skin import SLOT_HEADROOM as MODEL_HEADROOM
 from jat.potential.inputs import atomic_numbers_of, check_positions, structure_arrays
-from jat.predictor import composition_energy, predict
+from jat.predictor import composition_energy, predict_any
+from jat.uncertainty import Guard, UncertaintyError, atom_force_std, spread
 
 DEFAULT_SKIN = graph.DEFAULT_SKIN
 JatNeighborList = graph.SkinList  # the jat list, with JAX-MD's update/did_buffer_overflow
@@ -119,6 +121,11 @@ class MDFunctions:
     energy_fn(R, neighbor=nbrs, **kwargs) -> energy (eV); neighbor_fn with ``allocate(R)`` and
     ``update(R, nbrs)``; displacement_fn(Ra, Rb) -> Ra − Rb (Å, minimum image); shift_fn(R, dR);
     box: the (3, 3) JAX-MD box (columns are lattice vectors) or None in free space.
+
+    For a committee the energy is the members' mean, ``member_energy_fn(R, neighbor=nbrs)``
+    gives every member's total energy (K,) eV, and ``uncertainty_fn(R,
+    neighbor=nbrs)`` the mean and calibrated σ of energy and forces (:func:`uncertainty`);
+    both are None for a single potential.
     """
 
     energy_fn: Callable[..., jax.Array]
@@ -126,6 +133,8 @@ class MDFunctions:
     displacement_fn: Callable
     shift_fn: Callable
     box: np.ndarray | None
+    member_energy_fn: Callable[..., jax.Array] | None = None
+    uncertainty_fn: Callable[..., dict[str, jax.Array]] | None = None
 
     def __iter__(self):  # energy_fn, neighbor_fn, displacement_fn, shift_fn = jax_md_energy_fn()
         return iter((self.energy_fn, self.neighbor_fn, self.displacement_fn, self.shift_fn))
@@ -185,16 +194,48 @@ def jax_md_energy_fn(
         check_cell(box_np.T, (True, True, True))
     model = _model_fn(potential, species_idx, per_atom)
     if neighbor_list == "jax_md":
-        return _jax_md_backend(
+        fns = _jax_md_backend(
             potential, model, box_np, fractional, skin, format, capacity_multiplier,
             disable_cell_list, len(species_idx),
         )
-    if neighbor_list == "jat":
+    elif neighbor_list == "jat":
         if fractional:
             raise ValueError("neighbor_list='jat' works in Cartesian coordinates; use "
                              "fractional=False, or neighbor_list='jax_md'")
-        return _jat_backend(potential, model, box_np, skin, len(species_idx))
-    raise ValueError(f"neighbor_list must be 'jax_md' or 'jat', got {neighbor_list!r}")
+        fns = _jat_backend(potential, model, box_np, skin, len(species_idx))
+    else:
+        raise ValueError(f"neighbor_list must be 'jax_md' or 'jat', got {neighbor_list!r}")
+    if not potential.members:
+        return dataclasses.replace(fns, member_energy_fn=None)
+    return dataclasses.replace(
+        fns, uncertainty_fn=uncertainty(fns.member_energy_fn, potential.calibration)
+    )
+
+
+def uncertainty(member_energy_fn: Callable, calibration) -> Callable[..., dict[str, jax.Array]]:
+    """``fn(R, neighbor=nbrs, **kwargs)`` -> {"energy", "energy_std" (eV), "forces" (N, 3),
+    "forces_std" (N, 3) eV/Å, "atom_force_std" (N,) eV/Å}: the committee's means and σ
+    (multiplied by ``calibration``'s factors), from every member's energy and forces
+    (K backward passes, one per member). Jittable."""
+
+    def fn(R, neighbor=None, **kwargs):
+        def totals(R):
+            return member_energy_fn(R, neighbor=neighbor, **kwargs)
+
+        energies = totals(R)
+        forces = -jax.jacrev(totals)(R)  # (K, N, 3)
+        energy, energy_std = spread(energies, jnp)
+        mean, std = spread(forces, jnp)
+        std = std * calibration.forces
+        return {
+            "energy": energy,
+            "energy_std": energy_std * calibration.energy,
+            "forces": mean,
+            "forces_std": std,
+            "atom_force_std": atom_force_std(std, jnp),
+        }
+
+    return fn
 
 
 def _check_x64(potential) -> None:
@@ -219,13 +260,16 @@ def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
     model = potential.energy_model
     cutoff = potential.cutoff
     dtype = potential.dtype
+    committee = bool(potential.members)
     with precision(dtype):
         params, scale = potential.device_constants()
     species = np.asarray(species_idx, np.int32)
-    shift = np.asarray(potential.energy_shift, np.float64)[species]
-    composition = composition_energy(potential.energy_shift, species)
+    shift = np.asarray(potential.energy_shift, np.float64)[..., species]  # (N,) or (K, N)
+    composition = composition_energy(potential.energy_shift, species)  # () or (K,)
 
-    def energy(full: graph.Graph, capacity: int, ordered: bool = True, vectors=None):
+    def each(full: graph.Graph, capacity: int, ordered: bool = True, vectors=None,
+             per_atom: bool = per_atom):
+        """Energy () or per-atom energies (N,); for a committee with a leading member axis."""
         _check_x64(potential)
         dt = jnp.dtype(dtype)
         full = dataclasses.replace(
@@ -237,12 +281,17 @@ def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
         if vectors is not None:
             vectors = vectors.astype(dt)
         g, _, error = graph.compact(full, cutoff, capacity, ordered, vectors)
-        p = predict(model, params, scale, g, forces=False)
+        p = predict_any(model, params, scale, g, committee=committee, forces=False)
         valid = jnp.where(error == 0, 1.0, jnp.nan).astype(dt)
         if per_atom:
             return (p.energies + jnp.asarray(shift, dt)) * valid
-        return (p.energy[0] + jnp.asarray(composition, dt)) * valid
+        return (p.energy[..., 0] + jnp.asarray(composition, dt)) * valid
 
+    def energy(full: graph.Graph, capacity: int, ordered: bool = True, vectors=None):
+        e = each(full, capacity, ordered, vectors)
+        return jnp.mean(e, axis=0) if committee else e
+
+    energy.members = functools.partial(each, per_atom=False)  # (K,) totals of a committee
     return energy
 
 
@@ -434,7 +483,11 @@ def _jax_md_backend(potential, model, box, fractional, skin, format, multiplier,
         g, ordered, capacity, vectors = listed(R, neighbor, kwargs)
         return model(g, capacity, ordered, vectors)
 
-    return MDFunctions(energy_fn, neighbor_fn, displacement, shift, box)
+    def member_energy_fn(R, neighbor, **kwargs):
+        g, ordered, capacity, vectors = listed(R, neighbor, kwargs)
+        return model.members(g, capacity, ordered, vectors)
+
+    return MDFunctions(energy_fn, neighbor_fn, displacement, shift, box, member_energy_fn)
 
 
 
@@ -505,12 +558,18 @@ def _jat_backend(potential, model, box, skin, n_atoms):
     def update(R, neighbors: graph.SkinList, **kwargs) -> graph.SkinList:
         return neighbors.update(R, current_cell(R, kwargs))
 
-    def energy_fn(R, neighbor: graph.SkinList, **kwargs):
-        """Energy (eV) of Cartesian positions R (N, 3) with a jat neighbour list."""
+    def listed(R, neighbor, kwargs):
         g = neighbor.full_graph(R, current_cell(R, kwargs))
         if "perturbation" in kwargs:
             g = _perturbed(g, kwargs["perturbation"])
-        return model(g, neighbor.capacity)
+        return g
+
+    def energy_fn(R, neighbor: graph.SkinList, **kwargs):
+        """Energy (eV) of Cartesian positions R (N, 3) with a jat neighbour list."""
+        return model(listed(R, neighbor, kwargs), neighbor.capacity)
+
+    def member_energy_fn(R, neighbor: graph.SkinList, **kwargs):
+        return model.members(listed(R, neighbor, kwargs), neighbor.capacity)
 
     def displacement(Ra, Rb, **kwargs):
         d = Ra - Rb
@@ -526,7 +585,9 @@ def _jat_backend(potential, model, box, skin, n_atoms):
     def shift(R, dR, **kwargs):  # unwrapped: the list's shifts stay valid
         return R + dR
 
-    return MDFunctions(energy_fn, JatNeighborFns(allocate, update), displacement, shift, box)
+    return MDFunctions(
+        energy_fn, JatNeighborFns(allocate, update), displacement, shift, box, member_energy_fn
+    )
 
 
 @jax.jit
@@ -562,31 +623,144 @@ def _raise_if_invalid(nbrs, when: str) -> None:
         raise ValueError(f"invalid structure {when}: {graph.describe(code)}")
 
 
-def make_chunk(apply_fn: Callable, steps: int, observe: Callable | None = None) -> Callable:
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class GuardRecord:
+    """What a guarded chunk saw: ``hit`` whether the largest per-atom force σ passed the
+    threshold, at chunk step ``step`` (from 0), atom ``atom`` with σ ``value`` (eV/Å, the first
+    passing), ``checks`` how many steps were checked, ``largest`` the largest σ checked."""
+
+    hit: jax.Array
+    step: jax.Array
+    atom: jax.Array
+    value: jax.Array
+    checks: jax.Array
+    largest: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Guarded:
+    """The observation of a guarded chunk: the user's ``observation`` and the ``guard`` record."""
+
+    observation: Any
+    guard: GuardRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardedChunk:
+    """A chunk with an uncertainty guard (from :func:`make_chunk`); call it like a chunk."""
+
+    fn: Callable
+    guard: Guard
+    steps: int
+
+    def __call__(self, state, nbrs):
+        return self.fn(state, nbrs)
+
+
+def make_chunk(
+    apply_fn: Callable,
+    steps: int,
+    observe: Callable | None = None,
+    *,
+    guard: Guard | float | None = None,
+    uncertainty_fn: Callable | None = None,
+    check_every: int = 10,
+) -> Callable:
     """A jitted ``chunk(state, nbrs) -> (state, nbrs, observation)`` advancing ``steps`` steps.
 
     ``apply_fn(state, neighbor=nbrs)`` is a JAX-MD integrator step (``simulate.nve``'s apply,
     ...); the list is updated to the new positions after every step, so its overflow flag
     covers every position the forces were evaluated at. ``observe(state, nbrs)`` (traced) is
     evaluated at the end of the chunk; without it the observation is None.
+
+    With a committee's ``uncertainty_fn`` (``MDFunctions.uncertainty_fn``) and a ``guard``
+    (:class:`jat.uncertainty.Guard`, or its ``max_force_std`` in eV/Å), every ``check_every``-th
+    step also evaluates the members' force σ (K extra backward passes: about
+    1 + 1/check_every times the cost of the steps); a "stop" guard freezes the state at the
+    first step whose largest per-atom σ passes the threshold, and :func:`run_chunk` raises
+    :class:`jat.uncertainty.UncertaintyError` there. The observation is then a :class:`Guarded`.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if guard is None:
+        if uncertainty_fn is not None:
+            raise ValueError("uncertainty_fn is only used with a guard")
+
+        @jax.jit
+        def chunk(state, nbrs):
+            def step(_, carry):
+                state, nbrs = carry
+                state = apply_fn(state, neighbor=nbrs)
+                return state, nbrs.update(state.position)
+
+            state, nbrs = jax.lax.fori_loop(0, steps, step, (state, nbrs))
+            return state, nbrs, (None if observe is None else observe(state, nbrs))
+
+        return chunk
+
+    if not isinstance(guard, Guard):
+        guard = Guard(guard)
+    if uncertainty_fn is None:
+        raise ValueError(
+            "a guard needs the committee's uncertainty_fn (MDFunctions.uncertainty_fn; a single "
+            "potential has none)"
+        )
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
+    threshold = guard.max_force_std
+    stop = guard.action == "stop"
 
     @jax.jit
-    def chunk(state, nbrs):
-        def step(_, carry):
+    def guarded(state, nbrs):
+        dt = state.position.dtype
+
+        def advance(carry):
             state, nbrs = carry
             state = apply_fn(state, neighbor=nbrs)
             return state, nbrs.update(state.position)
 
-        state, nbrs = jax.lax.fori_loop(0, steps, step, (state, nbrs))
-        return state, nbrs, (None if observe is None else observe(state, nbrs))
+        def check(carry):
+            state, nbrs = carry
+            per_atom = uncertainty_fn(state.position, neighbor=nbrs)["atom_force_std"]
+            atom = jnp.argmax(per_atom).astype(jnp.int32)
+            return per_atom[atom].astype(dt), atom
 
-    return chunk
+        def step(i, carry):
+            state, nbrs, rec = carry
+            frozen = rec.hit & stop
+            state, nbrs = jax.lax.cond(frozen, lambda c: c, advance, (state, nbrs))
+            due = ((i + 1) % check_every == 0) & ~frozen
+            value, atom = jax.lax.cond(
+                due, check, lambda c: (jnp.zeros((), dt), jnp.zeros((), jnp.int32)),
+                (state, nbrs),
+            )
+            first = due & (value > threshold) & ~rec.hit
+            rec = GuardRecord(
+                hit=rec.hit | first,
+                step=jnp.where(first, i, rec.step),
+                atom=jnp.where(first, atom, rec.atom),
+                value=jnp.where(first, value, rec.value),
+                checks=rec.checks + due.astype(jnp.int32),
+                largest=jnp.maximum(rec.largest, value),
+            )
+            return state, nbrs, rec
+
+        zero_i = jnp.zeros((), jnp.int32)
+        rec = GuardRecord(
+            jnp.zeros((), bool), zero_i, zero_i, jnp.zeros((), dt), zero_i, jnp.zeros((), dt)
+        )
+        state, nbrs, rec = jax.lax.fori_loop(0, steps, step, (state, nbrs, rec))
+        observation = None if observe is None else observe(state, nbrs)
+        return state, nbrs, Guarded(observation, rec)
+
+    return GuardedChunk(guarded, guard, steps)
 
 
-def run_chunk(chunk: Callable, state, nbrs, neighbor_fn, max_retries: int = 8):
+def run_chunk(
+    chunk: Callable, state, nbrs, neighbor_fn, max_retries: int = 8, first_step: int = 0
+):
     """Host: one ``chunk`` (from :func:`make_chunk`) that never keeps a result it cannot trust.
 
     If the list (or the model's edge slots) overflowed during the chunk, the result is dropped,
@@ -595,6 +769,10 @@ def run_chunk(chunk: Callable, state, nbrs, neighbor_fn, max_retries: int = 8):
     back to the chunk's start positions, and the chunk is redone (:func:`jat.graph.fit`). Two
     atoms at one position, or positions that are no longer finite, raise RuntimeError: the
     dynamics has failed, and no re-allocation can help.
+
+    A guarded chunk whose "stop" guard fired raises :class:`jat.uncertainty.UncertaintyError`
+    naming the step (``first_step`` + the step in the chunk), the atom and its force σ, with
+    the state where it stopped as the error's ``state``.
 
     Returns (state, nbrs, observation, reallocations).
     """
@@ -627,6 +805,15 @@ def run_chunk(chunk: Callable, state, nbrs, neighbor_fn, max_retries: int = 8):
             f"the MD chunk cannot continue: {graph.describe(code)}; the system is collapsing or "
             "exploding (check the time step, the temperature and the potential)"
         )
+    if isinstance(chunk, GuardedChunk) and chunk.guard.action == "stop":
+        rec = jax.device_get(observation.guard)
+        if bool(rec.hit):
+            err = UncertaintyError(
+                first_step + int(rec.step), int(rec.atom), float(rec.value),
+                chunk.guard.max_force_std, "JAX-MD, ",
+            )
+            err.state = new_state
+            raise err
     return new_state, new_nbrs, observation, attempts[0]
 
 
@@ -641,7 +828,8 @@ class MDSystem:
     positions: (N, 3) initial R (fractional if ``fractional``, else Cartesian Å, in the rotated
     frame); masses: (N,) amu; species: (N,) element symbols; box: JAX-MD box (columns are
     lattice vectors) or None; rotation Q: rotated = original @ Q.T (identity if not rotated);
-    energy_fn, neighbor_fn, displacement_fn, shift_fn as in :class:`MDFunctions`.
+    energy_fn, neighbor_fn, displacement_fn, shift_fn, member_energy_fn and uncertainty_fn
+    (committees; forces and σ in the rotated frame) as in :class:`MDFunctions`.
     """
 
     energy_fn: Callable[..., jax.Array]
@@ -654,6 +842,8 @@ class MDSystem:
     species: tuple[str, ...]
     rotation: np.ndarray
     fractional: bool
+    member_energy_fn: Callable[..., jax.Array] | None = None
+    uncertainty_fn: Callable[..., dict[str, jax.Array]] | None = None
 
     def cartesian(self, R) -> np.ndarray:
         """Cartesian positions (N, 3) Å in the rotated frame from R."""
@@ -716,11 +906,16 @@ def jax_md_system(
         species=tuple(atoms.get_chemical_symbols()),
         rotation=rotation,
         fractional=fractional,
+        member_energy_fn=fns.member_energy_fn,
+        uncertainty_fn=fns.uncertainty_fn,
     )
 
 
 __all__ = [
     "DEFAULT_SKIN",
+    "Guarded",
+    "GuardedChunk",
+    "GuardRecord",
     "JatNeighborList",
     "MDFunctions",
     "MDSystem",
@@ -732,4 +927,5 @@ __all__ = [
     "make_chunk",
     "run_chunk",
     "standard_form",
+    "uncertainty",
 ]

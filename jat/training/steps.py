@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jat.predictor import predict as predict_graph
+from jat.predictor import predict_any
 from jat.training.optim import ema_rate, set_learning_rate
 
 
@@ -46,15 +46,18 @@ def log_cosh(x: jax.Array, alpha: float) -> jax.Array:
     return alpha * optax.losses.log_cosh(x / alpha)
 
 
-def predict(model, params, scale, batch, forces: bool):
-    """Network energies (B,) in eV (composition shift excluded) and forces (B·n, 3) eV/Å."""
-    p = predict_graph(model, params, scale, batch.graph, forces=forces)
-    return p.energy, p.forces
+def predict(model, params, scale, batch, forces: bool, committee: bool = False):
+    """Network energies (B,) in eV (composition shift excluded) and forces (B·n, 3) eV/Å; for
+    a ``committee`` (params with a leading member axis) the members' means."""
+    p = predict_any(model, params, scale, batch.graph, committee=committee, forces=forces)
+    if not committee:
+        return p.energy, p.forces
+    return jnp.mean(p.energy, axis=0), None if p.forces is None else jnp.mean(p.forces, axis=0)
 
 
-def errors(model, params, scale, batch, forces: bool):
+def errors(model, params, scale, batch, forces: bool, committee: bool = False):
     """Residuals: energy per atom (B,), energy per structure (B,), forces (B·n, 3)."""
-    energies, f = predict(model, params, scale, batch, forces)
+    energies, f = predict(model, params, scale, batch, forces, committee)
     de = energies - batch.energy
     df = None if f is None else f - batch.forces
     return de / batch.n_atoms, de, df
@@ -146,9 +149,41 @@ def train_step(model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, b
     return new, metrics
 
 
-def initial_state(params, tx) -> TrainState:
+def reweighted(batch, weights: jax.Array):
+    """``batch`` with every structure's weights multiplied by ``weights`` (B,) >= 0, e.g. the
+    counts of a bootstrap resample."""
+    return dataclasses.replace(
+        batch,
+        energy_weight=batch.energy_weight * weights,
+        forces_weight=batch.forces_weight * weights,
+        weight=batch.weight * weights,
+    )
+
+
+def committee_train_step(
+    model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, batch, lr, weights
+):
+    """:func:`train_step` of K members at once (``state`` with a leading member axis on every
+    leaf, one vmapped step on the same batch); ``weights`` (K, B) the members' structure
+    weights (ones, or bootstrap counts). Each member has its own optimiser state, gradient
+    clipping and finiteness check; the metrics are summed over members (``weight`` too, so the
+    epoch's loss is the members' mean) and ``finite`` is whether every member's step was."""
+
+    def one(state, w):
+        return train_step(model, tx, spec, ema_decay, state, scale, reweighted(batch, w), lr)
+
+    new, metrics = jax.vmap(one)(state, weights)
+    out = {k: jnp.sum(v) for k, v in metrics.items() if k != "finite"}
+    out["finite"] = jnp.all(metrics["finite"])
+    return new, out
+
+
+def initial_state(params, tx, committee: bool = False) -> TrainState:
     """The training state at step 0: a copy of ``params`` (the compiled step donates its state),
-    the optimiser's initial state and the EMA starting at the parameters."""
+    the optimiser's initial state and the EMA starting at the parameters. For a ``committee``
+    every member gets its own (a leading member axis on every leaf, the step counter too)."""
+    if committee:
+        return jax.vmap(lambda p: initial_state(p, tx))(params)
     params = jax.tree.map(jnp.copy, params)
     return TrainState(
         params=params,
@@ -158,8 +193,9 @@ def initial_state(params, tx) -> TrainState:
     )
 
 
-def compiled_train_step(model, tx, spec: LossSpec, ema_decay, on_trace=None):
-    """:func:`train_step` jitted with the state donated: ``step(state, scale, batch, lr)``.
+def compiled_train_step(model, tx, spec: LossSpec, ema_decay, on_trace=None, committee=False):
+    """:func:`train_step` jitted with the state donated: ``step(state, scale, batch, lr)``;
+    for a ``committee`` :func:`committee_train_step`, ``step(state, scale, batch, lr, weights)``.
     ``on_trace()`` runs once per trace (per batch shape), e.g. to count compilations."""
 
     def step(state, scale, batch, lr):
@@ -167,13 +203,19 @@ def compiled_train_step(model, tx, spec: LossSpec, ema_decay, on_trace=None):
             on_trace()
         return train_step(model, tx, spec, ema_decay, state, scale, batch, lr)
 
-    return jax.jit(step, donate_argnums=0)
+    def members_step(state, scale, batch, lr, weights):
+        if on_trace is not None:
+            on_trace()
+        return committee_train_step(model, tx, spec, ema_decay, state, scale, batch, lr, weights)
+
+    return jax.jit(members_step if committee else step, donate_argnums=0)
 
 
-def eval_step(model, spec: LossSpec, forces: bool, params, scale, batch):
+def eval_step(model, spec: LossSpec, forces: bool, params, scale, batch, committee=False):
     """Sums of errors and of the loss terms over a batch (no update); being sums, they do not
-    depend on how a data set is cut into batches."""
-    de_atom, de, df = errors(model, params, scale, batch, forces)
+    depend on how a data set is cut into batches. A ``committee`` is judged by its members'
+    mean prediction."""
+    de_atom, de, df = errors(model, params, scale, batch, forces, committee)
     sums = error_sums(de_atom, de, df, batch)
     for key, (total, _) in loss_sums(spec, de_atom, df, batch).items():
         sums[f"loss_{key}_sum"] = total

@@ -93,6 +93,8 @@ class Trainer:
         if cfg.loss.energy_weight > 0 and not any(s.energy is not None for s in train):
             raise ValueError("the training data has no energies; set loss.energy_weight=0")
         self.species = species_of(cfg, self.sets)
+        ensemble = cfg.model.ensemble
+        self.members = ensemble.members if ensemble.members > 1 else None
         if cfg.training.energy_reference == "fit":
             shift, scale = fit_energy_reference(train, self.species, need_forces)
         else:
@@ -104,6 +106,7 @@ class Trainer:
             seed=cfg.seed,
             dtype=cfg.model.dtype,
             repulsion=repulsion_spec(cfg, train, self.species),
+            members=self.members,
             **dict(cfg.model.hyper),
         ).with_energy_reference(shift=shift, scale=np.full(len(self.species), scale))
         self.check_stop("while creating the model")
@@ -125,6 +128,7 @@ class Trainer:
         self.tx = optim.optimizer(
             cfg.optimizer.name, cfg.optimizer.weight_decay, cfg.optimizer.clip_norm
         )
+        self.member_weights = self._member_weights(ensemble.bootstrap)
         self._compile()
         shapes = sorted({b.shape for d in self.data.values() for b in d.buckets})
         counts = ", ".join(f"{k}: {len(v)}" for k, v in self.sets.items() if v)
@@ -148,9 +152,31 @@ class Trainer:
             )
             self.out.message(f"ZBL repulsion switched off at (Å): {pairs}")
         n_params = sum(np.size(x) for x in jax.tree.leaves(self.potential.params))
+        committee = ""
+        if self.members:
+            committee = (
+                f", a committee of {self.members}"
+                + (" (bootstrap resamples)" if ensemble.bootstrap else "")
+                + f": {n_params // self.members} parameters each"
+            )
         self.out.message(
-            f"model: {cfg.model.name} ({n_params} parameters), run dir {self.run.path}"
+            f"model: {cfg.model.name} ({n_params} parameters{committee}), run dir {self.run.path}"
         )
+
+    def _member_weights(self, bootstrap: bool) -> list[np.ndarray] | None:
+        """Per training bucket, (K, rows) weights of each member's structures: ones, or the
+        counts of a bootstrap resample of the training set drawn once from the seed."""
+        if not self.members:
+            return None
+        train = self.data["train"]
+        n = len(train)
+        if bootstrap:
+            rng = np.random.default_rng([self.cfg.seed, 0xB007])
+            counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n)
+                               for _ in range(self.members)]).astype(np.float64)
+        else:
+            counts = np.ones((self.members, n))
+        return [counts[:, bucket.index] for bucket in train.buckets]
 
     def _compile(self) -> None:
         model = self.potential.energy_model
@@ -161,20 +187,33 @@ class Trainer:
 
             return traced
 
+        committee = bool(self.members)
         self.train_step = steps.compiled_train_step(
-            model, self.tx, self.loss_spec, self.cfg.optimizer.ema_decay, counter("train")
+            model, self.tx, self.loss_spec, self.cfg.optimizer.ema_decay, counter("train"),
+            committee=committee,
         )
         count_eval = counter("eval")
 
         def eval_step(params, scale, batch):
             count_eval()
-            return steps.eval_step(model, self.loss_spec, self.eval_forces, params, scale, batch)
+            return steps.eval_step(
+                model, self.loss_spec, self.eval_forces, params, scale, batch, committee
+            )
 
         self.eval_step = jax.jit(eval_step)
         self.scale = jnp.asarray(self.potential.energy_scale, self.dtype)
 
     def initial_state(self) -> steps.TrainState:
-        return steps.initial_state(self.potential.params, self.tx)
+        return steps.initial_state(self.potential.params, self.tx, bool(self.members))
+
+    def step(self, state: steps.TrainState, bucket: int, rows: np.ndarray, batch, lr):
+        """One compiled training step on ``batch`` (rows ``rows`` of training bucket
+        ``bucket``); a committee's members weight its structures by their own weights."""
+        if not self.members:
+            return self.train_step(state, self.scale, batch, lr)
+        weights = np.zeros((self.members, self.batch))
+        weights[:, : len(rows)] = self.member_weights[bucket][:, rows]
+        return self.train_step(state, self.scale, batch, lr, jnp.asarray(weights, self.dtype))
 
     def measure_epoch(self, state: steps.TrainState) -> float:
         """Seconds an epoch (with its share of validation) takes, from compiled steps of every
@@ -186,9 +225,10 @@ class Trainer:
             batch = bucket.batch(np.arange(min(self.batch, len(bucket))), self.batch, self.dtype)
             scratch = jax.tree.map(jnp.copy, state)
             times = []
+            rows = np.arange(min(self.batch, len(bucket)))
             for _ in range(3):
                 t = time.perf_counter()
-                scratch, m = self.train_step(scratch, self.scale, batch, np.float32(1e-12))
+                scratch, m = self.step(scratch, b, rows, batch, np.float32(1e-12))
                 jax.block_until_ready(m)
                 times.append(time.perf_counter() - t)
                 self.check_stop("while timing the training step")
@@ -245,7 +285,7 @@ class Trainer:
         for k, (b, rows) in enumerate(batches):
             self.check_stop(f"during epoch {epoch}, which is discarded")
             batch = train.buckets[b].batch(rows, self.batch, self.dtype)
-            state, metrics = self.train_step(state, self.scale, batch, rates[k])
+            state, metrics = self.step(state, b, rows, batch, rates[k])
             parts.append(metrics)
             if "after_step" in self.hooks:
                 self.hooks["after_step"](epoch, k, state)
@@ -289,7 +329,9 @@ class Trainer:
         move with it, so energy errors measure the network, not an arbitrary offset."""
         train = self.data["train"]
         params = cast(potential.params, self.cfg.model.dtype)
-        predict = jax.jit(functools.partial(steps.predict, potential.energy_model, forces=False))
+        predict = jax.jit(functools.partial(
+            steps.predict, potential.energy_model, forces=False, committee=bool(self.members)
+        ))
         counts, residual = [], []
         for bucket in train.buckets:
             keep = bucket.has_energy

@@ -1,0 +1,120 @@
+"""Command line: ``python -m jat.evaluate RUN_DIR DATA... [options]``.
+
+Tests a trained potential (a run directory of ``python -m jat.train``, whose best model is used,
+or a saved potential) on reference data in any format the readers take: energy (per structure
+and per atom), force and stress MAE/RMSE, per species; parity plots; for committees the NLL,
+the Spearman correlation of |error| with σ (per structure and per atom), 1σ/2σ coverage, the
+miscalibration area and an error-against-σ plot. The figures go to ``--out`` (default:
+``RUN_DIR/evaluation``) as ``metrics.json`` and PNG files; the last line printed is the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  python -m jat.evaluate runs/ean-20261121-101500 ../shared/data/ean/ean_15pairs_dft.jsonl
+  python -m jat.evaluate runs/my-run builtin --out /tmp/eval
+  python -m jat.evaluate runs/committee val.extxyz --calibrate runs/committee-calibrated
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jat.evaluate",
+        description="Errors (and, for committees, uncertainty figures) of a potential on data.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("potential", metavar="RUN_DIR", help="run directory or saved potential")
+    parser.add_argument("data", nargs="+", metavar="DATA", help="data files, or 'builtin'")
+    parser.add_argument("--format", default="auto", help="data format (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=16, help="structures per batch")
+    parser.add_argument("--out", metavar="DIR", help="where metrics.json and plots go")
+    parser.add_argument("--no-plots", action="store_true", help="write no PNG files")
+    parser.add_argument(
+        "--raw", action="store_true", help="committees: report the uncalibrated σ"
+    )
+    parser.add_argument(
+        "--calibrate",
+        metavar="OUT_DIR",
+        help="committees: fit the σ calibration on this data (use a validation set, not the "
+        "training set) and save the calibrated potential to OUT_DIR",
+    )
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from jat import Potential
+    from jat.data import read_structures
+    from jat.evaluation import error_metrics, evaluate, fit_calibration, write_plots
+
+    source = Path(args.potential)
+    potential = Potential.load(source)
+    structures = list(read_structures(args.data, format=args.format))
+    print(f"{len(structures)} structures from {', '.join(map(str, args.data))}", file=sys.stderr)
+    raw = args.raw or args.calibrate is not None
+    ev = evaluate(potential, structures, batch_size=args.batch_size, calibrated=not raw)
+    metrics = error_metrics(ev)
+    if args.calibrate is not None:
+        if not potential.members:
+            raise ValueError("--calibrate needs a committee (a potential with members >= 2)")
+        calibration = fit_calibration(ev, fitted_on=", ".join(map(str, args.data)))
+        potential.with_calibration(calibration).save(args.calibrate)
+        metrics["calibration"] = calibration.to_dict()
+        metrics["calibrated_uncertainty"] = error_metrics(
+            evaluate(potential.with_calibration(calibration), structures,
+                     batch_size=args.batch_size)
+        ).get("uncertainty", {})
+        print(f"calibrated potential saved to {args.calibrate}", file=sys.stderr)
+    out = Path(args.out) if args.out else _default_out(source)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plots = [] if args.no_plots else write_plots(ev, out, title=str(source))
+    _print_table(metrics)
+    for p in plots:
+        print(f"wrote {p}", file=sys.stderr)
+    print(json.dumps(metrics))
+    return 0
+
+
+def _default_out(source: Path) -> Path:
+    """``RUN_DIR/evaluation`` for a run directory; beside a saved potential otherwise (never
+    inside it: a potential directory holds its two files only)."""
+    if (source / "metadata.json").exists():
+        return source.parent / f"{source.name}-evaluation"
+    return source / "evaluation"
+
+
+def _print_table(m: dict) -> None:
+    rows = [
+        ("energy", "eV", m.get("energy")),
+        ("energy per atom", "eV/atom", m.get("energy_per_atom")),
+        ("forces", "eV/Å", m.get("forces")),
+        ("stress", "eV/Å³", m.get("stress")),
+    ]
+    rows += [
+        (f"  forces on {sym}", "eV/Å", v) for sym, v in m.get("forces_per_species", {}).items()
+    ]
+    print(f"{'quantity':22s} {'MAE':>12s} {'RMSE':>12s} {'n':>8s}", file=sys.stderr)
+    for name, unit, v in rows:
+        if v:
+            print(f"{name + ' (' + unit + ')':22s} {v['mae']:12.5g} {v['rmse']:12.5g} "
+                  f"{v['n']:8d}", file=sys.stderr)
+    for q, u in m.get("uncertainty", {}).items():
+        parts = ", ".join(f"{k} {v:.3g}" for k, v in u.items())
+        print(f"σ of {q}: {parts}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

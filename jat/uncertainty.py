@@ -1,0 +1,187 @@
+"""Uncertainty of a committee of potentials: the members' spread, its calibration, and a guard.
+
+A committee is K parameter sets of one model evaluated on one graph
+(:func:`jat.predictor.predict_committee`). For every quantity x (energy, per-atom energies,
+forces, stress) its prediction is the members' mean and its uncertainty their standard deviation
+
+    x̄ = (1/K) Σ_k x_k,   σ_x = sqrt((1/K) Σ_k (x_k − x̄)²),
+
+always a standard deviation (same unit as x), never a variance. A committee's spread is not by
+itself a calibrated error estimate; :class:`Calibration` holds one factor per quantity, fitted on
+held-out data by minimising the Gaussian negative log-likelihood of the errors e given s·σ:
+
+    NLL(s) = (1/M) Σ_m [ log(s σ_m) + e_m² / (2 s² σ_m²) ] + const,   ŝ² = (1/M) Σ_m e_m² / σ_m²
+
+(closed form). Calibrated σ = ŝ · σ; the raw σ stays available (``calibrated=False``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+QUANTITIES = ("energy", "forces", "stress")
+MIN_STD = 1e-12  # σ below this (members agree to round-off) is left out of a calibration fit
+
+
+def spread(values: Any, xp: Any = np) -> tuple[Any, Any]:
+    """(mean, standard deviation) over the leading member axis of ``values`` (K, ...).
+
+    ``xp`` is the array module: numpy on the host (float64), ``jax.numpy`` inside jit.
+    """
+    mean = xp.mean(values, axis=0)
+    std = xp.sqrt(xp.mean((values - mean) ** 2, axis=0))
+    return mean, std
+
+
+def atom_force_std(forces_std: Any, xp: Any = np) -> Any:
+    """Per-atom force uncertainty ‖σ_F,i‖ = sqrt(Σ_c σ_F,ic²) (N,) eV/Å from (N, 3) σ."""
+    return xp.sqrt(xp.sum(forces_std**2, axis=-1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Factors s multiplying the committee's σ of each quantity (1 = uncalibrated).
+
+    ``method`` says how they were obtained ("nll": the closed-form Gaussian NLL minimum on the
+    data named in ``fitted_on``; "none": not calibrated).
+    """
+
+    energy: float = 1.0
+    forces: float = 1.0
+    stress: float = 1.0
+    method: str = "none"
+    fitted_on: str = ""
+
+    def __post_init__(self):
+        for name in QUANTITIES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+                raise ValueError(f"calibration factor {name!r} must be a number, got {value!r}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"calibration factor {name!r} must be positive and finite, got {value!r}"
+                )
+        if self.method not in ("none", "nll"):
+            raise ValueError(f"calibration method must be 'none' or 'nll', got {self.method!r}")
+
+    def factor(self, quantity: str) -> float:
+        return float(getattr(self, quantity))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
+        """From :meth:`to_dict`'s mapping; unknown keys or bad values raise ValueError."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"calibration must be an object, got {type(data).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"unknown calibration entries {unknown}; expected {sorted(fields)}")
+        for key in ("method", "fitted_on"):
+            if key in data and not isinstance(data[key], str):
+                raise ValueError(f"calibration {key!r} must be a string, got {data[key]!r}")
+        return cls(**dict(data))
+
+
+def nll_factor(errors: Any, stds: Any) -> float:
+    """The factor ŝ minimising the Gaussian NLL of ``errors`` given ŝ·``stds`` (same shapes,
+    any unit): ŝ = sqrt(mean(e²/σ²)) over the entries with σ > :data:`MIN_STD`."""
+    e = np.asarray(errors, np.float64).ravel()
+    s = np.asarray(stds, np.float64).ravel()
+    if e.shape != s.shape:
+        raise ValueError(f"errors {e.shape} and stds {s.shape} differ in shape")
+    keep = np.isfinite(e) & np.isfinite(s) & (s > MIN_STD)
+    if not keep.any():
+        raise ValueError("no finite error with a positive σ to calibrate on")
+    return float(np.sqrt(np.mean((e[keep] / s[keep]) ** 2)))
+
+
+def gaussian_nll(errors: Any, stds: Any) -> float:
+    """Mean Gaussian negative log-likelihood of ``errors`` given ``stds`` (σ > 0), in nats,
+    including the constant ½ log 2π."""
+    e = np.asarray(errors, np.float64).ravel()
+    s = np.maximum(np.asarray(stds, np.float64).ravel(), MIN_STD)
+    return float(np.mean(np.log(s) + 0.5 * (e / s) ** 2 + 0.5 * math.log(2 * math.pi)))
+
+
+def coverage(errors: Any, stds: Any, k: float = 1.0) -> float:
+    """Fraction of ``errors`` within ±k σ (a Gaussian gives 0.683 for k=1, 0.954 for k=2)."""
+    e = np.abs(np.asarray(errors, np.float64).ravel())
+    s = np.asarray(stds, np.float64).ravel()
+    return float(np.mean(e <= k * s))
+
+
+def miscalibration_area(errors: Any, stds: Any, levels: int = 100) -> float:
+    """Area between the observed and the expected fraction of errors inside the central
+    Gaussian interval of probability p, over p in (0, 1) (0 = perfectly calibrated, ≤ 0.5)."""
+    from scipy.special import erfinv
+
+    z = np.abs(np.asarray(errors, np.float64).ravel()) / np.maximum(
+        np.asarray(stds, np.float64).ravel(), MIN_STD
+    )
+    p = (np.arange(levels) + 0.5) / levels
+    observed = np.mean(z[None, :] <= (math.sqrt(2) * erfinv(p))[:, None], axis=1)
+    return float(np.mean(np.abs(observed - p)))
+
+
+class UncertaintyError(RuntimeError):
+    """A run stopped by its uncertainty guard: ``step``, ``atom`` and ``value`` (eV/Å) say
+    where the largest per-atom force σ first passed ``threshold``."""
+
+    def __init__(self, step: int, atom: int, value: float, threshold: float, where: str = ""):
+        self.step, self.atom, self.value, self.threshold = step, atom, value, threshold
+        super().__init__(
+            f"{where}step {step}: the force uncertainty of atom {atom} is {value:.3g} eV/Å, "
+            f"above the guard's threshold of {threshold:.3g} eV/Å: the potential is "
+            "extrapolating (configurations unlike its training data); stopped"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Guard:
+    """Stop or flag MD when the largest per-atom force σ (calibrated, eV/Å) passes
+    ``max_force_std``. ``action``: "stop" raises :class:`UncertaintyError`, "flag" records the
+    event and lets the run go on."""
+
+    max_force_std: float
+    action: str = "stop"
+
+    def __post_init__(self):
+        value = self.max_force_std
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+            raise ValueError(f"max_force_std must be a number of eV/Å, got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"max_force_std must be positive and finite (eV/Å), got {value!r}")
+        if self.action not in ("stop", "flag"):
+            raise ValueError(f"guard action must be 'stop' or 'flag', got {self.action!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardEvent:
+    """One step at which the guard's threshold was passed."""
+
+    step: int
+    atom: int
+    value: float
+
+
+__all__ = [
+    "QUANTITIES",
+    "Calibration",
+    "Guard",
+    "GuardEvent",
+    "UncertaintyError",
+    "atom_force_std",
+    "coverage",
+    "gaussian_nll",
+    "miscalibration_area",
+    "nll_factor",
+    "spread",
+]
