@@ -22,16 +22,19 @@ from jat.data import data_dir, read_ean
 
 
 def _enable_compilation_cache() -> None:
-    """Share compiled XLA code between xdist workers and between runs.
+    """Keep compiled XLA code between runs.
 
     Compilation dominates the run time of these tests. The cache lives in the system temporary
-    directory (never in the repository); set ``JAT_TEST_JAX_CACHE=0`` to disable it, or
-    ``JAX_COMPILATION_CACHE_DIR`` to put it elsewhere.
+    directory (never in the repository), one directory per xdist worker: JAX writes an entry
+    in place, not atomically, so a process that reads an entry another one is still writing
+    can crash. Set ``JAT_TEST_JAX_CACHE=0`` to disable it, or ``JAX_COMPILATION_CACHE_DIR`` to
+    put it elsewhere.
     """
     if os.environ.get("JAT_TEST_JAX_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
         return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     jax.config.update(
-        "jax_compilation_cache_dir", str(Path(tempfile.gettempdir()) / "jat-jax-cache")
+        "jax_compilation_cache_dir", str(Path(tempfile.gettempdir()) / "jat-jax-cache" / worker)
     )
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 

@@ -95,3 +95,25 @@ def test_benchmark_help_subprocess(script):
         check=True,
     )
     assert "--quick" in out.stdout and "--data-dir" in out.stdout
+
+
+def test_committee_benchmark_pieces():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        committee = importlib.import_module("committee")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import jat
+
+    atoms, structures = _box()
+    kwargs = {"features": 8, "interactions": 1}
+    single = jat.Potential.create("schnet", committee.SPECIES, committee.CUTOFF, **kwargs)
+    com = jat.Potential.create("schnet", committee.SPECIES, committee.CUTOFF, members=2,
+                               **kwargs)
+    calls = committee.inference_calls(single, com, atoms)
+    for model_call, compute_call in calls.values():
+        model_call()
+        compute_call()
+    assert compute_call().energy_std is not None
+    for pot in (single, com):
+        assert committee.training_epochs(pot, structures, 2)() > 0

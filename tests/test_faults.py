@@ -97,8 +97,10 @@ def _env(fault: str | None = None) -> dict[str, str]:
         env[FAULT_ENV] = fault
     cache = jax.config.jax_compilation_cache_dir  # shared with the test process (conftest)
     if cache:
+        # read only: these processes are killed at random moments, and JAX writes an entry in
+        # place, so a kill could leave a truncated entry that crashes whoever reads it next
         env.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
-        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1e9"
     return env
 
 

@@ -74,6 +74,26 @@ class SplitConfig(Section):
         (),
         description="formulas (e.g. [C2H6]) kept out of training, evaluated as out-of-sample",
     )
+    kfold: Int(ge=2) | None = Field(
+        None,
+        description="k-fold cross-validation: k runs, each validating on one fold (instead "
+        "of `validation`); the k models form a committee",
+    )
+    fold: Int(ge=0) | None = Field(
+        None, description="with kfold: train only the run validating on this fold (from 0)"
+    )
+
+    @model_validator(mode="after")
+    def _folds(self) -> SplitConfig:
+        if self.fold is not None and self.kfold is None:
+            raise Invalid("needs split.kfold (the number of folds)", keys=("fold",))
+        if self.fold is not None and self.fold >= self.kfold:
+            raise Invalid(
+                f"fold {self.fold} does not exist with kfold={self.kfold} (folds 0 to "
+                f"{self.kfold - 1})",
+                keys=("fold",),
+            )
+        return self
 
     @model_validator(mode="after")
     def _fractions_leave_training(self) -> SplitConfig:

@@ -33,45 +33,9 @@ from jat.models.repulsion import make_repulsion
 from jat.potential import files
 from jat.potential.compiled import CompiledCache
 from jat.potential.inputs import SpeciesTable, StructureArrays, atom_slots, structure_arrays
+from jat.potential.results import MemberResults, Results, committee_results, member_results
 from jat.predictor import composition_energy, predict_any, stress_from_virial
-from jat.uncertainty import Calibration, spread
-
-
-@dataclasses.dataclass(frozen=True)
-class MemberResults:
-    """Every committee member's values for one structure (float64 numpy, K members).
-
-    energy: (K,) eV; energies: (K, N) eV; forces: (K, N, 3) eV/Å or None; stress: (K, 3, 3)
-    eV/Å³ or None.
-    """
-
-    energy: np.ndarray
-    energies: np.ndarray
-    forces: np.ndarray | None = None
-    stress: np.ndarray | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Results:
-    """Results for one structure (float64 numpy on the host).
-
-    energy: total energy (eV); energies: (N,) per-atom energies (eV); forces: (N, 3) eV/Å or None;
-    stress: (3, 3) eV/Å³ or None (only for fully periodic cells). For a committee these are the
-    members' means, and ``energy_std`` (eV), ``energies_std`` (N,), ``forces_std`` (N, 3) and
-    ``stress_std`` (3, 3) their standard deviations (σ, never a variance), multiplied by the
-    potential's calibration factors unless computed with ``calibrated=False``; ``members``
-    holds every member's values when asked for. For a single potential the σ are None.
-    """
-
-    energy: float
-    energies: np.ndarray
-    forces: np.ndarray | None = None
-    stress: np.ndarray | None = None
-    energy_std: float | None = None
-    energies_std: np.ndarray | None = None
-    forces_std: np.ndarray | None = None
-    stress_std: np.ndarray | None = None
-    members: MemberResults | None = None
+from jat.uncertainty import Calibration
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -579,34 +543,12 @@ class Potential:
         self, p, s: StructureArrays, k: int, n: int, forces: bool, stress: bool,
         members: bool, calibrated: bool,
     ) -> Results:
-        """Mean and σ over the members (leading axis of every prediction) in float64."""
-        rows = slice(k * n, k * n + s.n_atoms)
-        shift = np.broadcast_to(np.asarray(self.energy_shift), (self.members, len(self.species)))
-        each = MemberResults(
-            energy=np.asarray(p.energy[:, k], np.float64)
-            + composition_energy(shift, s.species),
-            energies=np.asarray(p.energies[:, rows], np.float64) + shift[:, s.species],
-            forces=np.asarray(p.forces[:, rows], np.float64) if forces else None,
-            stress=np.stack([stress_from_virial(v[k], s.cell) for v in p.virial])
-            if stress
-            else None,
+        each = member_results(
+            p, k, slice(k * n, k * n + s.n_atoms), s, self.energy_shift, self.members, forces,
+            stress,
         )
         cal = self.calibration if calibrated else Calibration()
-        energy, energy_std = spread(each.energy)
-        energies, energies_std = spread(each.energies)
-        out = {
-            "energy": float(energy),
-            "energies": energies,
-            "energy_std": float(energy_std) * cal.energy,
-            "energies_std": energies_std * cal.energy,
-        }
-        if forces:
-            mean, std = spread(each.forces)
-            out.update(forces=mean, forces_std=std * cal.forces)
-        if stress:
-            mean, std = spread(each.stress)
-            out.update(stress=mean, stress_std=std * cal.stress)
-        return Results(**out, members=each if members else None)
+        return committee_results(each, cal, members)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,8 +41,9 @@ from jat import graph
 from jat.dtypes import precision
 from jat.graph.errors import INPUT
 from jat.potential.inputs import StructureArrays, atom_slots, structure_arrays
+from jat.potential.results import committee_results, member_results
 from jat.predictor import composition_energy, predict_any, stress_from_virial
-from jat.uncertainty import Guard, GuardEvent, UncertaintyError, atom_force_std, spread
+from jat.uncertainty import Guard, GuardEvent, UncertaintyError, atom_force_std
 
 DEFAULT_SKIN = graph.DEFAULT_SKIN
 
@@ -193,33 +194,28 @@ class JATCalculator(Calculator):
     def _committee_results(self, p, s: StructureArrays, periodic: bool) -> dict[str, Any]:
         """Means, calibrated σ and (if asked) members' values of a committee's predictions."""
         pot = self.potential
-        n = s.n_atoms
-        cal = pot.calibration
-        shift = np.broadcast_to(np.asarray(pot.energy_shift), (pot.members, len(pot.species)))
-        energy_k = np.asarray(p.energy[:, 0], np.float64) + composition_energy(shift, s.species)
-        energies_k = np.asarray(p.energies[:, :n], np.float64) + shift[:, s.species]
-        forces_k = np.asarray(p.forces[:, :n], np.float64)
-        energy, energy_std = spread(energy_k)
-        energies, energies_std = spread(energies_k)
-        forces, forces_std = spread(forces_k)
+        each = member_results(
+            p, 0, slice(0, s.n_atoms), s, pot.energy_shift, pot.members, True, periodic
+        )
+        r = committee_results(each, pot.calibration, self.members)
         out: dict[str, Any] = {
-            "energy": float(energy),
-            "free_energy": float(energy),
-            "energies": energies,
-            "forces": forces,
-            "energy_std": float(energy_std) * cal.energy,
-            "energies_std": energies_std * cal.energy,
-            "forces_std": forces_std * cal.forces,
+            "energy": r.energy,
+            "free_energy": r.energy,
+            "energies": r.energies,
+            "forces": r.forces,
+            "energy_std": r.energy_std,
+            "energies_std": r.energies_std,
+            "forces_std": r.forces_std,
         }
         if self.members:
-            out.update(energy_members=energy_k, forces_members=forces_k)
+            out.update(energy_members=each.energy, forces_members=each.forces)
         if periodic:
-            stress_k = np.stack([stress_from_virial(v[0], s.cell) for v in p.virial])
-            stress, stress_std = spread(stress_k)
-            out["stress"] = full_3x3_to_voigt_6_stress(stress)
-            out["stress_std"] = full_3x3_to_voigt_6_stress(stress_std * cal.stress)
+            out["stress"] = full_3x3_to_voigt_6_stress(r.stress)
+            out["stress_std"] = full_3x3_to_voigt_6_stress(r.stress_std)
             if self.members:
-                out["stress_members"] = np.stack([full_3x3_to_voigt_6_stress(x) for x in stress_k])
+                out["stress_members"] = np.stack(
+                    [full_3x3_to_voigt_6_stress(x) for x in each.stress]
+                )
         return out
 
     def _check_guard(self, step: int) -> None:

@@ -66,6 +66,11 @@ def load_splits(cfg: Config) -> tuple[dict[str, list[Structure]], dict[str, list
         by = "molecule" if is_ani1 else "configuration"
     val_given = cfg.data.validation is not None
     test_given = cfg.data.test is not None
+    if val_given and cfg.data.split.kfold is not None:
+        raise ValueError(
+            "data.validation names validation files and data.split.kfold cuts the training "
+            "files into validation folds: use one of the two"
+        )
     idx = split_indices(
         train_files,
         by=by,
@@ -74,6 +79,8 @@ def load_splits(cfg: Config) -> tuple[dict[str, list[Structure]], dict[str, list
         n_train=cfg.data.split.n_train,
         exclude_formulas=cfg.data.split.exclude_formulas,
         seed=cfg.seed,
+        kfold=cfg.data.split.kfold,
+        fold=cfg.data.split.fold,
     )
     sets = {name: [train_files[k] for k in idx[name]] for name in SETS}
     if val_given:

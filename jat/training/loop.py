@@ -29,6 +29,7 @@ from jat.training import optim, planning
 from jat.training.data import check_split, expand_path, load_splits, read_files
 from jat.training.errors import RunCompleteError, RunError, RunWriteError, TrainingInterrupted
 from jat.training.interrupts import StopRequest, stop_on_signals
+from jat.training.kfold import cross_validate, folds_started
 from jat.training.progress import Progress, WandbLogger, describe
 from jat.training.rundir import (
     CONFIG_FILE,
@@ -94,13 +95,21 @@ def train(
             out = progress or Progress(cfg.logging.progress)
             try:
                 with precision(cfg.model.dtype):
+                    if cfg.data.split.kfold is not None and cfg.data.split.fold is None:
+                        def one(fcfg, frun, again):
+                            r = _train(fcfg, frun, again, out, hooks or {}, stop)
+                            return r.potential, r.summary
+
+                        committee, summary = cross_validate(cfg, run, resume is not None, out,
+                                                            one)
+                        return TrainResult(run.path, committee, summary)
                     return _train(cfg, run, resume is not None, out, hooks or {}, stop)
             except (TrainingInterrupted, RunWriteError):
                 raise  # their messages say how to resume
             except KeyboardInterrupt:  # a second Ctrl-C
                 raise TrainingInterrupted(f"interrupted; {run.resume_hint()}", run.path) from None
             except Exception:
-                if resume is None:
+                if resume is None and not folds_started(run):
                     run.abandon_if_untrained()  # e.g. a data error: the same command may rerun
                 raise
 

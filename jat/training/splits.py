@@ -36,6 +36,8 @@ def split_indices(
     n_train: int | None = None,
     exclude_formulas: Sequence[str] = (),
     seed: int = 0,
+    kfold: int | None = None,
+    fold: int | None = None,
 ) -> dict[str, list[int]]:
     """Indices of the training, validation, test and excluded structures.
 
@@ -44,7 +46,8 @@ def split_indices(
     counts whole molecules (``Structure.group``, or the formula when ungrouped), held out
     entirely; ``validation`` is drawn from the conformations of the other molecules.
     ``n_train`` caps the training set. Structures whose formula is in ``exclude_formulas`` go to
-    ``"excluded"``.
+    ``"excluded"``. With ``kfold`` k and ``fold`` i, ``validation`` is ignored: what the test set
+    leaves is cut into k folds (the same seeded order for every i) and fold i validates.
     """
     if by not in ("configuration", "molecule"):
         raise ValueError(f"split by must be 'configuration' or 'molecule', got {by!r}")
@@ -65,8 +68,17 @@ def split_indices(
         pool = [pool[k] for k in rng.permutation(len(pool))]
         n_test = _count(test, len(pool))
         test_idx, rest = pool[:n_test], pool[n_test:]
-    n_val = _count(validation, len(rest))
-    val_idx, train_idx = rest[:n_val], rest[n_val:]
+    if kfold is not None:
+        if fold is None or not 0 <= fold < kfold:
+            raise ValueError(f"fold must be one of 0 … {kfold - 1} with kfold={kfold}, got {fold}")
+        if len(rest) < kfold:
+            raise ValueError(f"kfold={kfold} needs at least {kfold} structures, got {len(rest)}")
+        folds = np.array_split(np.asarray(rest), kfold)
+        val_idx = folds[fold].tolist()
+        train_idx = [k for i, f in enumerate(folds) if i != fold for k in f.tolist()]
+    else:
+        n_val = _count(validation, len(rest))
+        val_idx, train_idx = rest[:n_val], rest[n_val:]
     if n_train is not None:
         if n_train > len(train_idx):
             raise ValueError(f"n_train={n_train} but only {len(train_idx)} structures remain")

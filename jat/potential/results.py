@@ -1,0 +1,96 @@
+"""What an evaluation returns: :class:`Results` (one structure, float64 on the host), with a
+committee's σ and, on request, every member's values (:class:`MemberResults`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from jat.potential.inputs import StructureArrays
+from jat.predictor import composition_energy, stress_from_virial
+from jat.uncertainty import Calibration, spread
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberResults:
+    """Every committee member's values for one structure (float64 numpy, K members).
+
+    energy: (K,) eV; energies: (K, N) eV; forces: (K, N, 3) eV/Å or None; stress: (K, 3, 3)
+    eV/Å³ or None.
+    """
+
+    energy: np.ndarray
+    energies: np.ndarray
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    """Results for one structure (float64 numpy on the host).
+
+    energy: total energy (eV); energies: (N,) per-atom energies (eV); forces: (N, 3) eV/Å or None;
+    stress: (3, 3) eV/Å³ or None (only for fully periodic cells). For a committee these are the
+    members' means, and ``energy_std`` (eV), ``energies_std`` (N,), ``forces_std`` (N, 3) and
+    ``stress_std`` (3, 3) their standard deviations (σ, never a variance), multiplied by the
+    potential's calibration factors unless computed with ``calibrated=False``; ``members``
+    holds every member's values when asked for. For a single potential the σ are None.
+    """
+
+    energy: float
+    energies: np.ndarray
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    energy_std: float | None = None
+    energies_std: np.ndarray | None = None
+    forces_std: np.ndarray | None = None
+    stress_std: np.ndarray | None = None
+    members: MemberResults | None = None
+
+
+def member_results(
+    p: Any,
+    k: int,
+    rows: slice,
+    s: StructureArrays,
+    energy_shift: np.ndarray,
+    members: int,
+    forces: bool,
+    stress: bool,
+) -> MemberResults:
+    """Every member's values for structure ``k`` (atom slots ``rows``) of a committee's
+    predictions ``p`` (leading member axis, on the host), in float64 with the energy shift
+    μ_Z ((S,) shared or (K, S) per member) added."""
+    shift = np.asarray(energy_shift, np.float64)
+    shift = np.broadcast_to(shift, (members, shift.shape[-1]))
+    return MemberResults(
+        energy=np.asarray(p.energy[:, k], np.float64) + composition_energy(shift, s.species),
+        energies=np.asarray(p.energies[:, rows], np.float64) + shift[:, s.species],
+        forces=np.asarray(p.forces[:, rows], np.float64) if forces else None,
+        stress=np.stack([stress_from_virial(v[k], s.cell) for v in p.virial]) if stress else None,
+    )
+
+
+def committee_results(each: MemberResults, calibration: Calibration, members: bool) -> Results:
+    """The members' means and their σ times ``calibration``'s factors (and the members'
+    values if ``members``)."""
+    energy, energy_std = spread(each.energy)
+    energies, energies_std = spread(each.energies)
+    out: dict[str, Any] = {
+        "energy": float(energy),
+        "energies": energies,
+        "energy_std": float(energy_std) * calibration.energy,
+        "energies_std": energies_std * calibration.energy,
+    }
+    if each.forces is not None:
+        mean, std = spread(each.forces)
+        out.update(forces=mean, forces_std=std * calibration.forces)
+    if each.stress is not None:
+        mean, std = spread(each.stress)
+        out.update(stress=mean, stress_std=std * calibration.stress)
+    return Results(**out, members=each if members else None)
+
+
+__all__ = ["MemberResults", "Results", "committee_results", "member_results"]
