@@ -29,7 +29,8 @@ class Evaluation:
     ``stress``/``stress_ref``/``stress_std`` (M, 3, 3) eV/Å³ (NaN for non-periodic ones),
     ``sources``. Per atom (A = all atoms): ``forces``, ``forces_ref``, ``forces_std`` (A, 3)
     eV/Å, ``symbols`` (A,), ``structure`` (A,) the index of the atom's structure. The σ arrays
-    are None for a single potential.
+    are None for a single potential; ``energy_z`` (M,) and ``forces_z`` (A,) the z-scores
+    against the training labels, None when the potential has no label statistics.
     """
 
     energy: np.ndarray
@@ -45,6 +46,8 @@ class Evaluation:
     energy_std: np.ndarray | None = None
     forces_std: np.ndarray | None = None
     stress_std: np.ndarray | None = None
+    energy_z: np.ndarray | None = None
+    forces_z: np.ndarray | None = None
 
     @property
     def committee(self) -> bool:
@@ -121,6 +124,10 @@ def _collect(structures: Sequence[Structure], results: Sequence[Any], committee:
         "stress_ref": np.stack([label(s.stress, (3, 3)) for s in structures]),
         "sources": tuple(s.source for s in structures),
     }
+    if all(r.energy_z is not None for r in results):
+        out["energy_z"] = np.array([r.energy_z for r in results])
+    if all(r.forces_z is not None for r in results):
+        out["forces_z"] = np.concatenate([np.asarray(r.forces_z) for r in results])
     if committee:
         out["energy_std"] = np.array([r.energy_std for r in results])
         out["forces_std"] = np.concatenate([r.forces_std.reshape(-1, 3) for r in results])
@@ -187,7 +194,8 @@ def _uncertainty_figures(errors: np.ndarray, stds: np.ndarray) -> dict[str, floa
 def error_metrics(ev: Evaluation) -> dict[str, Any]:
     """MAE/RMSE of energy (per structure, eV, and per atom, eV/atom), forces (components, eV/Å;
     also per species) and stress (components, eV/Å³); for committees also the uncertainty
-    figures: NLL, Spearman correlation of |error| with σ, 1σ/2σ coverage, miscalibration area."""
+    figures: NLL, Spearman correlation of |error| with σ, 1σ/2σ coverage, miscalibration area;
+    with label statistics, how well the z-scores rank the errors (``z_score``)."""
     de = ev.energy - ev.energy_ref
     df = ev.forces - ev.forces_ref
     out: dict[str, Any] = {
@@ -202,6 +210,9 @@ def error_metrics(ev: Evaluation) -> dict[str, Any]:
         "stress": _mae_rmse(ev.stress - ev.stress_ref),
     }
     out = {k: v for k, v in out.items() if v != {}}
+    z = _z_score_figures(ev, de, df)
+    if z:
+        out["z_score"] = z
     if not ev.committee:
         return out
     unc: dict[str, Any] = {
@@ -218,6 +229,22 @@ def error_metrics(ev: Evaluation) -> dict[str, Any]:
         unc["forces"]["spearman_per_structure"] = spearman(err_s, std_s)
     out["uncertainty"] = {k: v for k, v in unc.items() if v}
     return out
+
+
+def _z_score_figures(ev: Evaluation, de: np.ndarray, df: np.ndarray) -> dict[str, float]:
+    """How well |z| ranks the errors: Spearman of |energy error| with |z_E| per structure,
+    of ‖ΔF_i‖ with |z_F,i| per atom, and of the structures' mean ‖ΔF_i‖ with their mean |z_F|."""
+    out: dict[str, float] = {}
+    if ev.energy_z is not None:
+        out["spearman_energy"] = spearman(np.abs(de), np.abs(ev.energy_z))
+    if ev.forces_z is not None:
+        atom_error = np.linalg.norm(df, axis=1)
+        out["spearman_forces_per_atom"] = spearman(atom_error, np.abs(ev.forces_z))
+        err_s, _ = per_structure_force_errors(ev)
+        m = len(ev.energy)
+        z_s = np.bincount(ev.structure, np.abs(ev.forces_z), m) / np.maximum(ev.n_atoms, 1)
+        out["spearman_forces_per_structure"] = spearman(err_s, z_s)
+    return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
 def fit_calibration(ev: Evaluation, fitted_on: str = "") -> Calibration:

@@ -13,6 +13,9 @@ held-out data by minimising the Gaussian negative log-likelihood of the errors e
     NLL(s) = (1/M) Σ_m [ log(s σ_m) + e_m² / (2 s² σ_m²) ] + const,   ŝ² = (1/M) Σ_m e_m² / σ_m²
 
 (closed form). Calibrated σ = ŝ · σ; the raw σ stays available (``calibrated=False``).
+
+A second, model-free measure: z-scores of a prediction against the training labels'
+distribution (:class:`LabelStatistics`, gathered in one pass with :class:`Welford`).
 """
 
 from __future__ import annotations
@@ -131,6 +134,115 @@ def miscalibration_area(errors: Any, stds: Any, levels: int = 100) -> float:
     return float(np.mean(np.abs(observed - p)))
 
 
+@dataclasses.dataclass
+class Welford:
+    """Running mean and standard deviation (Welford/Chan), updated with batches of values, so a
+    data set streamed once (e.g. the first epoch) gives them without holding it."""
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def update(self, values: Any) -> Welford:
+        x = np.asarray(values, np.float64).ravel()
+        x = x[np.isfinite(x)]
+        if x.size == 0:
+            return self
+        n, mean = x.size, float(np.mean(x))
+        m2 = float(np.sum((x - mean) ** 2))
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta**2 * self.count * n / total
+        self.count = total
+        return self
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelStatistics:
+    """Mean and standard deviation of the training labels, for z-scores of predictions.
+
+    ``energy``: the energy per atom less the composition reference, (E − Σ μ_Z)/N (eV/atom);
+    ``force``: the per-atom force magnitude ‖F_i‖ (eV/Å). A prediction's z = (x̂ − μ)/σ says
+    how far it lies outside what training saw (|z| of a few: outside the training range).
+    """
+
+    energy_mean: float
+    energy_std: float
+    force_mean: float
+    force_std: float
+    structures: int = 0
+    atoms: int = 0
+
+    def __post_init__(self):
+        for name in ("energy_mean", "energy_std", "force_mean", "force_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+                raise ValueError(f"label statistic {name!r} must be a number, got {value!r}")
+            if not math.isfinite(value) and not math.isnan(value):
+                raise ValueError(f"label statistic {name!r} must be finite or NaN, got {value}")
+        for name in ("structures", "atoms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"label statistic {name!r} must be a count, got {value!r}")
+
+    def energy_z(self, residual_per_atom: Any) -> Any:
+        return (np.asarray(residual_per_atom) - self.energy_mean) / _positive(self.energy_std)
+
+    def force_z(self, forces: Any) -> Any:
+        """z of each atom's force magnitude, (N,) from forces (N, 3)."""
+        norm = np.linalg.norm(np.asarray(forces, np.float64), axis=-1)
+        return (norm - self.force_mean) / _positive(self.force_std)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LabelStatistics:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"label statistics must be an object, got {type(data).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown, missing = sorted(set(data) - fields), sorted(
+            {"energy_mean", "energy_std", "force_mean", "force_std"} - set(data)
+        )
+        if unknown or missing:
+            raise ValueError(f"label statistics: unknown entries {unknown}, missing {missing}")
+        return cls(**{k: (float("nan") if v is None else v) for k, v in data.items()})
+
+
+def _positive(std: float) -> float:
+    return std if std > 0 else float("nan")
+
+
+def label_statistics(structures: Any, energy_shift: Any, species: Any) -> LabelStatistics:
+    """:class:`LabelStatistics` of labelled structures (an iterable, read once), with the
+    composition reference ``energy_shift`` (S,) eV for the species (element symbols)."""
+    lookup = {s: k for k, s in enumerate(species)}
+    shift = np.asarray(energy_shift, np.float64)
+    energy, force = Welford(), Welford()
+    structures_seen = atoms_seen = 0
+    for s in structures:
+        structures_seen += 1
+        atoms_seen += s.n_atoms
+        if s.energy is not None and s.n_atoms:
+            reference = float(np.sum(shift[[lookup[x] for x in s.symbols]]))
+            energy.update([(s.energy - reference) / s.n_atoms])
+        if s.forces is not None:
+            force.update(np.linalg.norm(np.asarray(s.forces, np.float64), axis=-1))
+    return LabelStatistics(
+        energy_mean=energy.mean if energy.count else float("nan"),
+        energy_std=energy.std,
+        force_mean=force.mean if force.count else float("nan"),
+        force_std=force.std,
+        structures=structures_seen,
+        atoms=atoms_seen,
+    )
+
+
 class UncertaintyError(RuntimeError):
     """A run stopped by its uncertainty guard: ``step``, ``atom`` and ``value`` (eV/Å) say
     where the largest per-atom force σ first passed ``threshold``."""
@@ -177,10 +289,13 @@ __all__ = [
     "Calibration",
     "Guard",
     "GuardEvent",
+    "LabelStatistics",
     "UncertaintyError",
+    "Welford",
     "atom_force_std",
     "coverage",
     "gaussian_nll",
+    "label_statistics",
     "miscalibration_area",
     "nll_factor",
     "spread",

@@ -308,3 +308,58 @@ def test_jax_md_guard_stops_the_chunk_where_sigma_passes():
         np.testing.assert_allclose(np.asarray(s3.position), np.asarray(s1.position), atol=1e-12)
         with pytest.raises(ValueError, match="uncertainty_fn"):
             jat.md.make_chunk(apply, 6, guard=1.0)
+
+
+def test_welford_and_label_statistics_match_numpy():
+    from jat.data import Structure
+    from jat.uncertainty import Welford, label_statistics
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(2.0, 3.0, 1000)
+    w = Welford()
+    for part in np.array_split(values, 7):
+        w.update(part)
+    assert w.count == 1000
+    assert w.mean == pytest.approx(values.mean()) and w.std == pytest.approx(values.std())
+    shift = np.array([-1.0, -2.0, -3.0, -4.0])
+    structures = []
+    for k in range(5):
+        atoms = random_molecule(6 + k, seed=k)
+        structures.append(Structure(tuple(atoms.get_chemical_symbols()), atoms.positions,
+                                    np.zeros((3, 3)), (False,) * 3, float(rng.normal(-20, 3)),
+                                    rng.normal(size=(len(atoms), 3))))
+    stats = label_statistics(iter(structures), shift, SPECIES)
+    residual = [(s.energy - sum(shift[SPECIES.index(x)] for x in s.symbols)) / s.n_atoms
+                for s in structures]
+    norms = np.concatenate([np.linalg.norm(s.forces, axis=1) for s in structures])
+    assert stats.energy_mean == pytest.approx(np.mean(residual))
+    assert stats.energy_std == pytest.approx(np.std(residual))
+    assert stats.force_mean == pytest.approx(norms.mean())
+    assert stats.force_std == pytest.approx(norms.std())
+    assert stats.structures == 5 and stats.atoms == sum(s.n_atoms for s in structures)
+
+
+def test_z_scores_in_results_calculator_and_files(tmp_path):
+    from jat.uncertainty import LabelStatistics
+
+    stats = LabelStatistics(energy_mean=0.5, energy_std=2.0, force_mean=1.0, force_std=0.5,
+                            structures=3, atoms=30)
+    pot = _members()[0].with_label_statistics(stats)
+    atoms = random_molecule(10, seed=2)
+    r = pot.compute(atoms)
+    species = np.array([SPECIES.index(x) for x in atoms.get_chemical_symbols()])
+    residual = (r.energy - pot.energy_shift[species].sum()) / len(atoms)
+    assert r.energy_z == pytest.approx((residual - 0.5) / 2.0)
+    np.testing.assert_allclose(r.forces_z, (np.linalg.norm(r.forces, axis=1) - 1.0) / 0.5)
+    a = atoms.copy()
+    a.calc = pot.calculator()
+    a.get_forces()
+    assert a.calc.results["energy_z"] == pytest.approx(r.energy_z, rel=1e-9)
+    np.testing.assert_allclose(a.calc.results["forces_z"], r.forces_z, rtol=1e-9)
+    assert _members()[0].compute(atoms).energy_z is None
+    nan_stats = LabelStatistics(energy_mean=float("nan"), energy_std=float("nan"),
+                                force_mean=1.0, force_std=0.5)
+    back = jat.Potential.load(pot.with_label_statistics(nan_stats).save(tmp_path / "p"))
+    assert np.isnan(back.label_statistics.energy_mean) and back.label_statistics.force_std == 0.5
+    com = jat.Potential.committee([pot, _members()[1]])
+    assert com.label_statistics == stats and com.compute(atoms).forces_z is not None

@@ -110,6 +110,9 @@ def test_committee_run_trains_saves_and_resumes(cu_file, tmp_path):
     assert r.energy_std > 0 and r.forces_std.max() > 0
     assert not np.allclose(r.members.forces[0], r.members.forces[1])
     assert np.isfinite(result.summary["validation"]["forces_mae"])
+    stats = loaded.label_statistics  # the training labels' distribution, for z-scores
+    assert stats is not None and stats.structures == 12 and stats.force_std > 0
+    assert r.forces_z is not None and r.energy_z is not None
 
     class Stop(BaseException):
         pass

@@ -85,7 +85,10 @@ def test_errors_match_a_direct_computation(data_file):
 
 
 def test_committee_figures_and_calibration(data_file):
-    com = _committee()
+    from jat.uncertainty import LabelStatistics
+
+    stats = LabelStatistics(energy_mean=0.0, energy_std=1.0, force_mean=0.5, force_std=0.5)
+    com = _committee().with_label_statistics(stats)
     structures = list(read_structures(data_file))
     raw = evaluate(com, structures, calibrated=False)
     m = error_metrics(raw)
@@ -93,6 +96,8 @@ def test_committee_figures_and_calibration(data_file):
     for key in ("nll", "spearman_abs_error_vs_std", "coverage_1std", "coverage_2std",
                 "miscalibration_area", "spearman_per_atom", "spearman_per_structure"):
         assert np.isfinite(unc["forces"][key]), key
+    assert set(m["z_score"]) == {"spearman_energy", "spearman_forces_per_atom",
+                                 "spearman_forces_per_structure"}
     cal = fit_calibration(raw, fitted_on="mol.extxyz")
     assert cal.method == "nll" and cal.forces > 0
     errors = (raw.forces - raw.forces_ref).ravel()

@@ -55,6 +55,7 @@ class Metadata:
     num_params: int | None
     members: int | None = None
     calibration: dict[str, Any] | None = None
+    label_statistics: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,6 +82,9 @@ def metadata_dict(potential: Any, jat_version: str) -> dict[str, Any]:
         "repulsion": None if potential.repulsion is None else potential.repulsion.to_dict(),
         "members": potential.members,
         "calibration": potential.calibration.to_dict(),
+        "label_statistics": None
+        if potential.label_statistics is None
+        else _finite_or_null(potential.label_statistics.to_dict()),
         "num_params": int(sum(np.size(x) for x in jax.tree.leaves(potential.params))),
     }
 
@@ -228,6 +232,9 @@ def read_metadata(directory: Path, known_models: Mapping[str, Any]) -> Metadata:
     calibration = meta.get("calibration")
     if calibration is not None and not isinstance(calibration, dict):
         raise bad("calibration", f"must be null or an object, got {_kind(calibration)}")
+    stats = meta.get("label_statistics")
+    if stats is not None and not isinstance(stats, dict):
+        raise bad("label_statistics", f"must be null or an object, got {_kind(stats)}")
     kwargs = meta.get("model_kwargs", {})
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise bad("model_kwargs", f"must be an object of hyperparameters, got {_kind(kwargs)}")
@@ -252,6 +259,7 @@ def read_metadata(directory: Path, known_models: Mapping[str, Any]) -> Metadata:
         num_params=num_params,
         members=members,
         calibration=calibration,
+        label_statistics=stats,
     )
 
 
@@ -313,6 +321,11 @@ def _numbers(value: Any, n: int, field: str, bad) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise bad(field, f"must be finite, got {value}")
     return arr
+
+
+def _finite_or_null(d: dict[str, Any]) -> dict[str, Any]:
+    """NaN (an absent label) as JSON null."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
 
 
 def _is_int(x: Any) -> bool:

@@ -33,9 +33,15 @@ from jat.models.repulsion import make_repulsion
 from jat.potential import files
 from jat.potential.compiled import CompiledCache
 from jat.potential.inputs import SpeciesTable, StructureArrays, atom_slots, structure_arrays
-from jat.potential.results import MemberResults, Results, committee_results, member_results
+from jat.potential.results import (
+    MemberResults,
+    Results,
+    committee_results,
+    member_results,
+    with_z_scores,
+)
 from jat.predictor import composition_energy, predict_any, stress_from_virial
-from jat.uncertainty import Calibration
+from jat.uncertainty import Calibration, LabelStatistics
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -60,6 +66,9 @@ class Potential:
             a leading axis K (:meth:`committee`). Its predictions are the members' mean, its
             uncertainty their standard deviation (:mod:`jat.uncertainty`).
         calibration: factors applied to a committee's σ (:class:`jat.uncertainty.Calibration`).
+        label_statistics: the training labels' mean and standard deviation
+            (:class:`jat.uncertainty.LabelStatistics`, set by training), for the z-scores in
+            the results; None: no z-scores.
         compiled: the cache of compiled functions, device constants and neighbour-list bounds
             (:class:`jat.potential.compiled.CompiledCache`); every copy starts with an empty one.
     """
@@ -76,6 +85,7 @@ class Potential:
     repulsion: ZBL | None = None
     members: int | None = None
     calibration: Calibration = dataclasses.field(default_factory=Calibration)
+    label_statistics: LabelStatistics | None = None
     compiled: CompiledCache = dataclasses.field(
         default_factory=CompiledCache, init=False, repr=False, compare=False
     )
@@ -182,6 +192,7 @@ class Potential:
             repulsion=first.repulsion,
             members=len(singles),
             calibration=Calibration() if calibration is None else calibration,
+            label_statistics=first.label_statistics,
         )
 
     @property
@@ -209,7 +220,13 @@ class Potential:
             energy_scale=row(self.energy_scale),
             members=None,
             calibration=Calibration(),
-        )
+        )  # the label statistics stay: they belong to the training data
+
+    def with_label_statistics(self, statistics: LabelStatistics | None) -> Potential:
+        """A copy whose results carry z-scores against ``statistics`` (None: none)."""
+        if statistics is not None and not isinstance(statistics, LabelStatistics):
+            raise TypeError(f"expected jat.uncertainty.LabelStatistics, got {type(statistics)}")
+        return dataclasses.replace(self, label_statistics=statistics)
 
     def with_calibration(self, calibration: Calibration) -> Potential:
         """A copy whose σ are multiplied by ``calibration``'s factors (a committee's only)."""
@@ -444,6 +461,12 @@ class Potential:
             calibration = Calibration.from_dict(meta.calibration or {})
         except (TypeError, ValueError) as err:
             raise files.PotentialFileError(f"{where} 'calibration': {err}") from None
+        try:
+            stats = None
+            if meta.label_statistics is not None:
+                stats = LabelStatistics.from_dict(meta.label_statistics)
+        except (TypeError, ValueError) as err:
+            raise files.PotentialFileError(f"{where} 'label_statistics': {err}") from None
         template = jax.eval_shape(lambda: init_params(net, 0, "float32", meta.members))
         raw = files.read_params(directory, template)
         with precision(meta.dtype):
@@ -461,6 +484,7 @@ class Potential:
             repulsion=repulsion,
             members=meta.members,
             calibration=calibration,
+            label_statistics=stats,
         )
 
     # ---------------------------------------------------------------- internals
@@ -510,15 +534,22 @@ class Potential:
         if graph.error_bits(nbrs.error) & int(INPUT):
             _raise_input_errors(jax.device_get(nbrs), species, pos, cell, pbc, ss)
         if not self.members:
-            return [
+            out = [
                 self._results(predictions, s, k, n, forces, want_stress)
                 for k, s in enumerate(ss)
             ]
+        else:
+            out = [
+                self._committee_results(
+                    predictions, s, k, n, forces, want_stress, members, calibrated
+                )
+                for k, s in enumerate(ss)
+            ]
+        if self.label_statistics is None:
+            return out
         return [
-            self._committee_results(
-                predictions, s, k, n, forces, want_stress, members, calibrated
-            )
-            for k, s in enumerate(ss)
+            with_z_scores(r, self.label_statistics, self.energy_shift, s.species)
+            for r, s in zip(out, ss, strict=True)
         ]
 
     def _compiled(self, spec: graph.NeighborSpec, forces: bool, stress: bool):

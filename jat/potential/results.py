@@ -37,6 +37,9 @@ class Results:
     ``stress_std`` (3, 3) their standard deviations (σ, never a variance), multiplied by the
     potential's calibration factors unless computed with ``calibrated=False``; ``members``
     holds every member's values when asked for. For a single potential the σ are None.
+    ``energy_z`` and ``forces_z`` (N,) are z-scores against the training labels (energy per
+    atom less the composition reference; per-atom force magnitude), when the potential holds
+    their statistics (:class:`jat.uncertainty.LabelStatistics`), else None.
     """
 
     energy: float
@@ -48,6 +51,8 @@ class Results:
     forces_std: np.ndarray | None = None
     stress_std: np.ndarray | None = None
     members: MemberResults | None = None
+    energy_z: float | None = None
+    forces_z: np.ndarray | None = None
 
 
 def member_results(
@@ -73,6 +78,31 @@ def member_results(
     )
 
 
+def with_z_scores(
+    r: Results, stats: Any, energy_shift: np.ndarray, species: np.ndarray
+) -> Results:
+    """``r`` with z-scores against ``stats`` (a :class:`jat.uncertainty.LabelStatistics`):
+    the energy per atom less Σ μ_Z (the members' mean shift for a committee) and each atom's
+    force magnitude."""
+    energy_z, forces_z = z_scores(stats, r.energy, r.forces, energy_shift, species)
+    return dataclasses.replace(r, energy_z=energy_z, forces_z=forces_z)
+
+
+def z_scores(
+    stats: Any, energy: float, forces: np.ndarray | None, energy_shift: np.ndarray, species
+) -> tuple[float | None, np.ndarray | None]:
+    """(energy z, per-atom force z (N,)) of a prediction against ``stats``; see
+    :func:`with_z_scores`."""
+    species = np.asarray(species)
+    shift = np.asarray(energy_shift, np.float64)
+    shift = shift.mean(axis=0) if shift.ndim == 2 else shift
+    n = len(species)
+    energy_z = None
+    if n:
+        energy_z = float(stats.energy_z((energy - composition_energy(shift, species)) / n))
+    return energy_z, None if forces is None else stats.force_z(forces)
+
+
 def committee_results(each: MemberResults, calibration: Calibration, members: bool) -> Results:
     """The members' means and their σ times ``calibration``'s factors (and the members'
     values if ``members``)."""
@@ -93,4 +123,11 @@ def committee_results(each: MemberResults, calibration: Calibration, members: bo
     return Results(**out, members=each if members else None)
 
 
-__all__ = ["MemberResults", "Results", "committee_results", "member_results"]
+__all__ = [
+    "MemberResults",
+    "Results",
+    "committee_results",
+    "member_results",
+    "with_z_scores",
+    "z_scores",
+]

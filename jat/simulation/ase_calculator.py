@@ -41,7 +41,7 @@ from jat import graph
 from jat.dtypes import precision
 from jat.graph.errors import INPUT
 from jat.potential.inputs import StructureArrays, atom_slots, structure_arrays
-from jat.potential.results import committee_results, member_results
+from jat.potential.results import committee_results, member_results, z_scores
 from jat.predictor import composition_energy, predict_any, stress_from_virial
 from jat.uncertainty import Guard, GuardEvent, UncertaintyError, atom_force_std
 
@@ -176,8 +176,24 @@ class JATCalculator(Calculator):
         self.evaluations += 1
         if self.potential.members:
             self.results = self._committee_results(p, s, periodic)
+            self._add_z_scores(s)
             self._check_guard(step)
             return
+        self._single_results(p, s, periodic)
+        self._add_z_scores(s)
+
+    def _add_z_scores(self, s: StructureArrays) -> None:
+        stats = self.potential.label_statistics
+        if stats is None:
+            return
+        energy_z, forces_z = z_scores(
+            stats, self.results["energy"], self.results["forces"],
+            self.potential.energy_shift, s.species,
+        )
+        self.results["energy_z"] = energy_z
+        self.results["forces_z"] = forces_z
+
+    def _single_results(self, p, s: StructureArrays, periodic: bool) -> None:
         n = s.n_atoms
         pot = self.potential
         energy = float(p.energy[0]) + composition_energy(pot.energy_shift, s.species)

@@ -30,6 +30,7 @@ from jat.training.interrupts import StopRequest
 from jat.training.progress import Progress
 from jat.training.rundir import RunDirectory
 from jat.training.splits import SETS, fit_energy_reference
+from jat.uncertainty import label_statistics
 
 NAMED_STRUCTURES = 8  # structures an error message lists before "and N more"
 
@@ -109,6 +110,10 @@ class Trainer:
             members=self.members,
             **dict(cfg.model.hyper),
         ).with_energy_reference(shift=shift, scale=np.full(len(self.species), scale))
+        # the training labels' distribution, gathered in one pass, for z-scores of predictions
+        self.potential = self.potential.with_label_statistics(
+            label_statistics(train, shift, self.species)
+        )
         self.check_stop("while creating the model")
         sizes = [s.n_atoms for structures in self.sets.values() for s in structures]
         bounds = choose_buckets(sizes, cfg.training.max_buckets)
@@ -347,7 +352,9 @@ class Trainer:
         delta = np.linalg.lstsq(counts_all, residual_all, rcond=None)[0]
         self.data = {k: d.with_energy_shift(delta) for k, d in self.data.items()}
         # the data were built with the run's own fitted shift, so δμ is relative to it
-        return potential.with_energy_reference(shift=self.potential.energy_shift + delta)
+        shift = self.potential.energy_shift + delta
+        stats = label_statistics(self.sets["train"], shift, self.species)
+        return potential.with_energy_reference(shift=shift).with_label_statistics(stats)
 
     def monitor_key(self) -> str:
         """The validation figure that decides the best epoch."""
