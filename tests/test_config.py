@@ -78,7 +78,7 @@ def test_template_round_trip():
         "  layers: 3               # any hyperparameter of the model; here JAT's",
         "  lr_min: 5.0e-4          # one-cycle: start, reached again at 90 % of the steps",
         "  wandb_project: jat      # Weights & Biases project",
-        "  name: jat               # jat | schnet | bessel; the model class in jat.models",
+        "  name: jat               # jat | schnet | bessel | painn; the model class in jat.models",
     ):
         assert line in lines
     # Every option of the schema is in the template, with a comment.
