@@ -14,11 +14,13 @@ sinc basis sin(nπ r/r_c)/r, n = 1 … num_rbf (:func:`jat.models.blocks.bessel_
 cutoff f_c, whose value and slope vanish at r_c: energy and forces are continuous as a neighbour
 crosses the cutoff. Vector features start at zero; s_i starts as an embedding of the species.
 
-The energy readout is Dense(1) ∘ silu ∘ Dense(F/2) on s. With ``dipole_head`` the network also
-returns per-atom charges q_i (N,) and atomic dipoles μ_i (N, 3) from two gated equivariant blocks
-(the paper's dipole model: μ = Σ_i μ_i + q_i r_i, formed from positions by the caller). Norms of
-vectors are taken as sqrt(|x|² + ε), so that zero vectors (isolated or padded atoms, the first
-layer) give finite values and gradients.
+The filters depend on |r_ij| alone, so they are evaluated once per atom pair and used for both
+directions (the edge list must be symmetric, as ``jat.graph`` makes it; see
+:func:`jat.models.blocks.half_edges`). The energy readout is Dense(1) ∘ silu ∘ Dense(F/2) on s.
+With ``dipole_head`` the network also returns per-atom charges q_i (N,) and atomic dipoles μ_i
+(N, 3) from two gated equivariant blocks (the paper's dipole model: μ = Σ_i μ_i + q_i r_i, formed
+from positions by the caller). Norms of vectors are taken as sqrt(|x|² + ε), so that zero
+vectors (isolated or padded atoms, the first layer) give finite values and gradients.
 """
 
 from __future__ import annotations
@@ -26,9 +28,17 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jraph
 
 from jat.models import hyper
-from jat.models.blocks import bessel_rbf, cosine_cutoff, edge_lengths, segment_sum, swish
+from jat.models.blocks import (
+    HalfEdges,
+    bessel_rbf,
+    cosine_cutoff,
+    edge_lengths,
+    half_edges,
+    swish,
+)
 
 Array = jax.Array
 
@@ -57,22 +67,25 @@ class PaiNNMessage(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        s: Array,
-        v: Array,
-        filters: Array,
-        unit: Array,
-        senders: Array,
-        receivers: Array,
+        self, s: Array, v: Array, filters: Array, unit: Array, half: HalfEdges
     ) -> tuple[Array, Array]:
-        """s (N, F), v (N, 3, F), filters W(r_ij) f_c (E, 3F), unit r̂_ij (E, 3)."""
+        """s (N, F), v (N, 3, F); per half edge j → i: filters W(r_ij) f_c (H, 3F) and the unit
+        vector r̂_ij (H, 3). Messages go both ways, i → j with r̂_ji = −r̂_ij."""
         n, f = s.shape
         phi = nn.Dense(f, name="phi_1")(s)
         phi = nn.Dense(3 * f, name="phi_2")(swish(phi))
-        x = phi[senders] * filters
-        x_s, x_vv, x_vs = jnp.split(x, 3, axis=-1)
-        dv = v[senders] * x_vv[:, None, :] + x_vs[:, None, :] * unit[:, :, None]
-        return segment_sum(x_s, receivers, n), segment_sum(dv, receivers, n)
+        # j → i into the (sorted) receivers, then i → j into the senders
+        ways = (
+            (half.senders, half.receivers, 1.0, True),
+            (half.receivers, half.senders, -1.0, False),
+        )
+        ds, dv = jnp.zeros_like(s), jnp.zeros_like(v)
+        for src, dst, sign, is_sorted in ways:
+            x_s, x_vv, x_vs = jnp.split(phi[src] * filters, 3, axis=-1)
+            msg = v[src] * x_vv[:, None, :] + (sign * x_vs)[:, None, :] * unit[:, :, None]
+            ds = ds + jraph.segment_sum(x_s, dst, n, indices_are_sorted=is_sorted)
+            dv = dv + jraph.segment_sum(msg, dst, n, indices_are_sorted=is_sorted)
+        return ds, dv
 
 
 class PaiNNUpdate(nn.Module):
@@ -172,9 +185,11 @@ class PaiNN(nn.Module):
         f, t = int(self.features), int(self.interactions)
         n = species.shape[0]
         node_mask = species >= 0
-        r = edge_lengths(edge_vectors, edge_mask)
-        fc = jnp.where(edge_mask, cosine_cutoff(r, self.cutoff), 0.0)
-        unit = unit_vectors(edge_vectors, r, edge_mask)
+        # Filters depend on |r_ij| only: evaluate them once per pair, message both ways.
+        half = half_edges(edge_vectors, senders, receivers, edge_mask, n)
+        r = edge_lengths(half.vectors, half.mask)
+        fc = jnp.where(half.mask, cosine_cutoff(r, self.cutoff), 0.0)
+        unit = unit_vectors(half.vectors, r, half.mask)
         rbf = bessel_rbf(r, self.cutoff, int(self.num_rbf))
         blocks = 1 if self.shared_filters else t
         filters = nn.Dense(blocks * 3 * f, name="filters")(rbf) * fc[:, None]
@@ -183,7 +198,7 @@ class PaiNN(nn.Module):
         v = jnp.zeros((n, 3, f), s.dtype)
         for k in range(t):
             w = filters[0 if self.shared_filters else k]
-            ds, dv = PaiNNMessage(f, name=f"message_{k}")(s, v, w, unit, senders, receivers)
+            ds, dv = PaiNNMessage(f, name=f"message_{k}")(s, v, w, unit, half)
             s, v = s + ds, v + dv
             ds, dv = PaiNNUpdate(f, name=f"update_{k}")(s, v)
             s, v = s + ds, v + dv
