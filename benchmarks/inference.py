@@ -1,6 +1,7 @@
-"""Energy+forces throughput of JAT and SchNet on the 225-atom EAN box (CPU or GPU).
+"""Energy+forces throughput of JAT, SchNet and PaiNN on the 225-atom EAN box (CPU or GPU).
 
     python benchmarks/inference.py [--data-dir DIR] [--repeats 30] [--batch 8] [--no-reference]
+                                   [--models jat,schnet,painn]
 
 Figures, each the median over ``--repeats`` timed calls after warm-up:
 
@@ -39,6 +40,8 @@ CUTOFF = 5.0
 MODELS = {
     "jat": ("jat", {"layers": 7, "width": 48, "heads": 1}),
     "schnet": ("schnet", {"features": 128, "interactions": 3, "num_rbf": 50}),
+    # PaiNN at its paper's depth and radial basis, at SchNet's default width (no target)
+    "painn": ("painn", {"features": 64, "interactions": 3, "num_rbf": 20}),
 }
 JAT_TARGET = 25.0
 NEURALIL_REFERENCE = 3.0  # structures/s of the original NeuralIL on 2 cores (issue figure)
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--models", default="jat,schnet")
+    parser.add_argument("--models", default="jat,schnet,painn")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip measuring SchNetPack (use its reference figure)")
     args = parser.parse_args(argv)

@@ -46,10 +46,12 @@ CUTOFF = 3.5  # Å, for the small synthetic structures
 EAN_CUTOFF = 5.0  # Å
 MODELS = ("jat", "schnet")
 
-# Small models for fast tests: JAT width 16, 2 layers, 2 heads; SchNet 16 features, 2 blocks.
+# Small models for fast tests: JAT width 16, 2 layers, 2 heads; SchNet 16 features, 2 blocks;
+# PaiNN (tests/test_painn.py) 16 features, 2 interactions, 8 radial functions.
 SMALL = {
     "jat": (("width", 16), ("layers", 2), ("heads", 2)),
     "schnet": (("features", 16), ("interactions", 2)),
+    "painn": (("features", 16), ("interactions", 2), ("num_rbf", 8)),
 }
 
 

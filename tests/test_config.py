@@ -78,7 +78,7 @@ def test_template_round_trip():
         "  layers: 3               # any hyperparameter of the model; here JAT's",
         "  lr_min: 5.0e-4          # one-cycle: start, reached again at 90 % of the steps",
         "  wandb_project: jat      # Weights & Biases project",
-        "  name: jat               # jat | schnet | bessel; the model class in jat.models",
+        "  name: jat               # jat | schnet | bessel | painn; the model class in jat.models",
     ):
         assert line in lines
     # Every option of the schema is in the template, with a comment.
@@ -322,7 +322,7 @@ def test_unknown_key_in_file_names_file_and_lists_valid_keys(tmp_path):
         ("optimizer.per_epoch=1", "optimizer.per_epoch", "expected true or false, got 1"),
         ("loss.energy_weight=-1", "loss.energy_weight", "must be >= 0"),
         ("loss.forces_alpha=0", "loss.forces_alpha", "must be > 0"),
-        ("data.format=xyz", "data.format", "must be one of auto, ani1, neuralil, md17, ase"),
+        ("data.format=xyz", "data.format", "must be one of auto, ani1, neuralil, md17, qm9, ase"),
         ("data.split.by=atom", "data.split.by", "must be one of configuration, molecule, auto"),
         ("data.split.validation=-1", "data.split.validation", "must be >= 0"),
         ("data.split.validation=2.5", "data.split.validation", "a fraction must be < 1"),

@@ -32,6 +32,7 @@ MODELS = {
     "jat": {"width": 16, "layers": 2, "heads": 2},
     "schnet": {"features": 16, "interactions": 2},
     "bessel": {"n_max": 2, "widths": (16, 8)},
+    "painn": {"features": 16, "interactions": 2, "num_rbf": 8},
 }
 # a wide covalent rule, so that the ZBL term is not zero on these structures
 ZBL = {"kind": "zbl", "radius_scale": 2.0}

@@ -13,6 +13,7 @@ from jat.data.ean import EAN_SPECIES, ean_symbols, read_ean
 from jat.data.md17 import read_md17
 from jat.data.neuralil import EAN_COMPOSITION, read_neuralil
 from jat.data.paths import data_dir
+from jat.data.qm9 import qm9pack_dir, read_exclusion_list, read_qm9
 from jat.data.readers import BUILTIN, detect_format, read_structures
 from jat.data.structure import DataError, Structure
 
@@ -30,6 +31,9 @@ __all__ = [
     "read_ase",
     "read_ean",
     "read_md17",
+    "qm9pack_dir",
+    "read_exclusion_list",
     "read_neuralil",
+    "read_qm9",
     "read_structures",
 ]

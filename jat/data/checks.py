@@ -6,7 +6,7 @@ Every failure is a :class:`jat.data.DataError` naming the file and the entry.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +90,9 @@ def molecule(
     forces: np.ndarray | None = None,
     source: str = "",
     group: str = "",
+    properties: Mapping[str, float | np.ndarray] | None = None,
 ) -> Structure:
-    """A non-periodic Structure: zero cell, no pbc."""
+    """A non-periodic Structure: zero cell, no pbc (``properties``: see :class:`Structure`)."""
     return Structure(
         symbols=symbols,
         positions=positions,
@@ -101,4 +102,5 @@ def molecule(
         forces=forces,
         source=source,
         group=group,
+        properties={} if properties is None else dict(properties),
     )

@@ -2,9 +2,11 @@
 the readers.
 
 Formats: ``ani1`` (pyanitools HDF5, :func:`jat.data.ani1.read_ani1`), ``neuralil`` (JSON lines,
-:func:`jat.data.neuralil.read_neuralil`), ``md17`` (sGDML ``.npz``, :func:`jat.data.md17.read_md17`)
-and ``ase`` (anything ``ase.io`` reads, :func:`jat.data.ase_io.read_ase`). Readers are imported when
-first used, so ``import jat.data`` stays cheap.
+:func:`jat.data.neuralil.read_neuralil`), ``md17`` (sGDML ``.npz``,
+:func:`jat.data.md17.read_md17`), ``qm9`` (QM9 xyz files, their directory or archive, or qm9pack
+CSV files, :func:`jat.data.qm9.read_qm9`) and ``ase`` (anything ``ase.io`` reads,
+:func:`jat.data.ase_io.read_ase`). Readers are imported when first used, so ``import jat.data``
+stays cheap.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ FORMATS: dict[str, tuple[str, str]] = {
     "ani1": ("jat.data.ani1", "read_ani1"),
     "neuralil": ("jat.data.neuralil", "read_neuralil"),
     "md17": ("jat.data.md17", "read_md17"),
+    "qm9": ("jat.data.qm9", "read_qm9"),
     "ase": ("jat.data.ase_io", "read_ase"),
 }
 _SUFFIX_FORMATS = {".h5": "ani1", ".hdf5": "ani1", ".jsonl": "neuralil", ".npz": "md17"}
@@ -46,13 +49,18 @@ def read_structures(
     """Read labelled structures (Å, eV, eV/Å, eV/Å³) from one or several files, in order.
 
     Args:
-        paths: a path, the string ``"builtin"`` (:data:`BUILTIN`), or a list of them.
-        format: ``"auto"`` (by extension, then by content: ``.h5``/``.hdf5`` → ani1,
-            ``.jsonl`` → neuralil, ``.npz`` → md17, anything else → ase), or one of
-            ``"ani1"``, ``"neuralil"``, ``"md17"``, ``"ase"`` for every file.
+        paths: a path, the string ``"builtin"`` (:data:`BUILTIN`), the string ``"qm9pack"``
+            (the installed qm9pack package's QM9 CSV files), or a list of them. Directories are
+            read only by the qm9 reader.
+        format: ``"auto"`` (by name, extension, then by content: QM9 names
+            (``dsgdb9nsd_*.xyz``, ``dsgdb9nsd*.tar.bz2``, ``qm9_part*.csv``, a directory of
+            them) and xyz files whose second line is ``gdb <index>`` → qm9, ``.h5``/``.hdf5`` →
+            ani1, ``.jsonl`` → neuralil, ``.npz`` → md17, anything else → ase), or one of
+            ``"ani1"``, ``"neuralil"``, ``"md17"``, ``"qm9"``, ``"ase"`` for every file.
         **options: passed to the reader of each file (``fraction``, ``high_energy``, ``seed``,
-            ``molecules`` for ani1; ``composition``, ``index`` for neuralil; ``index`` for ase).
-            With several ANI-1 files, each file gets the ``molecules`` it holds.
+            ``molecules`` for ani1; ``composition``, ``index`` for neuralil; ``index`` for ase;
+            ``exclude`` for qm9). With several ANI-1 files, each file gets the ``molecules`` it
+            holds.
 
     Raises:
         FileNotFoundError: a file (or the built-in data set) is missing.
@@ -67,6 +75,8 @@ def read_structures(
         raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {sorted(FORMATS)}")
     plan = [(path, detect_format(path) if format == "auto" else format) for path in files]
     for path, fmt in plan:
+        if path.is_dir() and fmt != "qm9":
+            raise ValueError(f"{path} is a directory; only the qm9 format reads directories")
         _check_options(reader_for(fmt), fmt, path, options)
     per_file = _per_file_options(plan, options)
     iterators = [reader_for(fmt)(path, **per_file[path]) for path, fmt in plan if path in per_file]
@@ -74,27 +84,46 @@ def read_structures(
 
 
 def resolve_path(path: PathLike) -> Path:
-    """``path`` as a ``Path``; the string ``"builtin"`` names :data:`BUILTIN`."""
+    """``path`` as a ``Path`` of an existing file or directory; the string ``"builtin"`` names
+    :data:`BUILTIN` and ``"qm9pack"`` the qm9pack package's data directory."""
     if isinstance(path, str) and path == "builtin":
         if not BUILTIN.is_file():
             raise FileNotFoundError(
                 f"the built-in data set is missing: {BUILTIN} (reinstall jat or pass a data file)"
             )
         return BUILTIN
+    if isinstance(path, str) and path == "qm9pack":
+        from jat.data.qm9 import qm9pack_dir
+
+        return qm9pack_dir()
     path = Path(path)
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):
         raise FileNotFoundError(f"data file not found: {path}")
     return path
 
 
 def detect_format(path: PathLike) -> str:
-    """The reader format for ``path``: by extension, else by the first bytes, else ``"ase"``."""
+    """The reader format for ``path``: by name or extension, else by the first bytes, else
+    ``"ase"``. A directory is ``"qm9"`` when it holds QM9 files (ValueError otherwise)."""
+    from jat.data.qm9 import is_qm9_name, looks_like_qm9_xyz
+
     path = Path(path)
+    if path.is_dir():
+        if is_qm9_name(path):
+            return "qm9"
+        raise ValueError(
+            f"{path} is a directory without QM9 files (dsgdb9nsd_*.xyz or qm9_part*.csv); "
+            "pass data files"
+        )
+    if is_qm9_name(path):
+        return "qm9"
     by_suffix = _SUFFIX_FORMATS.get(path.suffix.lower())
     if by_suffix is not None:
         return by_suffix
     with path.open("rb") as fh:
         head = fh.read(_SNIFF_BYTES)
+    if path.suffix.lower() == ".xyz" and looks_like_qm9_xyz(head):
+        return "qm9"
     if head.startswith(_HDF5_MAGIC):
         return "ani1"
     if head.startswith(_ZIP_MAGIC) and _is_npz(path):

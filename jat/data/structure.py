@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,10 @@ class Structure:
         stress: (3, 3) float64 eV/Å³, or None.
         source: where it came from, ``"file:entry"``, used in error messages.
         group: what it belongs to for splits, e.g. the ANI-1 molecule; "" when ungrouped.
+        properties: further reference labels by name, in jat units: floats for molecular
+            scalars, (N,) arrays for per-atom values. Empty for most readers; the QM9 reader
+            fills it with the 15 QM9 properties and the Mulliken charges (keys and units:
+            :data:`jat.data.qm9.PROPERTIES`).
     """
 
     symbols: tuple[str, ...]
@@ -37,6 +42,7 @@ class Structure:
     stress: np.ndarray | None = None
     source: str = ""
     group: str = ""
+    properties: Mapping[str, float | np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def n_atoms(self) -> int:

@@ -52,6 +52,13 @@ def positive_number(key: str, value: Any, high: float = math.inf) -> float:
     return float(value)
 
 
+def boolean(key: str, value: Any) -> bool:
+    """``value`` as a bool (only True or False; 0, 1 and strings are refused)."""
+    if not isinstance(value, bool):
+        raise HyperparameterError(key, f"must be true or false, got {_show(value)}")
+    return value
+
+
 def choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
     if value not in tuple(choices):
         options = ", ".join(repr(c) for c in choices)
@@ -80,6 +87,7 @@ __all__ = [
     "MAX_SPECIES",
     "MAX_WIDTH",
     "HyperparameterError",
+    "boolean",
     "choice",
     "common",
     "integer",

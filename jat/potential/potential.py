@@ -58,8 +58,8 @@ class Potential:
         energy_scale: (S,) per-species scale s_Z in eV ((K, S) likewise).
         dtype: "float32" (default) or "float64"; float64 is enabled only inside this object's
             calls (``jax.enable_x64`` as a context), never globally.
-        model: "jat", "schnet", "bessel" or "custom"; with ``model_kwargs`` it rebuilds the
-            module on load.
+        model: a name in :data:`jat.models.MODELS` ("jat", "schnet", "bessel", "painn") or
+            "custom"; with ``model_kwargs`` it rebuilds the module on load.
         repulsion: None, or a fixed short-range pair term (:class:`jat.models.ZBL`) added to
             the network's energy everywhere the potential is evaluated or trained.
         members: None for one parameter set; K for a committee, whose every parameter leaf has
@@ -107,8 +107,9 @@ class Potential:
         """Build a potential with freshly initialised parameters.
 
         Args:
-            model: "jat", "schnet", "bessel", or a Flax module with the models' call signature
-                (then ``model_kwargs`` must be empty).
+            model: a name in :data:`jat.models.MODELS` ("jat", "schnet", "bessel", "painn"), or
+                a Flax module with the models' call signature (then ``model_kwargs`` must be
+                empty).
             species: element symbols, e.g. ``["H", "C", "N", "O"]``.
             cutoff: r_c in Å (positive, finite).
             seed: PRNG seed for the initial parameters (an integer >= 0).

@@ -50,6 +50,8 @@ def read_files(paths: Sequence[str], cfg: Config) -> list[Structure]:
             }
         elif fmt == "neuralil" and cfg.data.composition is not None:
             options = {"composition": cfg.data.composition}
+        elif fmt == "qm9" and cfg.data.qm9.exclude is not None:
+            options = {"exclude": expand_path(cfg.data.qm9.exclude)}
         out.extend(read_structures(path, format=fmt, **options))
     return out
 
