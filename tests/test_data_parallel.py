@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -252,7 +253,12 @@ def test_a_run_on_2_simulated_devices_matches_one_device(data, tmp_path):
 # two processes
 
 
-def _two_processes(args: list[str], fault: str | None = None) -> list[subprocess.CompletedProcess]:
+def _two_processes(
+    args: list[str], fault: str | None = None, faults: tuple[str | None, ...] | None = None
+) -> list[subprocess.CompletedProcess]:
+    """Two ``python -m jat.train`` processes joined on 127.0.0.1; ``fault`` for both, or
+    ``faults`` per process (``JAT_TEST_FAULT``)."""
+    faults = faults or (fault, fault)
     port = _free_port()
     procs = [
         subprocess.Popen(
@@ -268,7 +274,7 @@ def _two_processes(args: list[str], fault: str | None = None) -> list[subprocess
                 "--process-id",
                 str(k),
             ],
-            env=_env(fault=fault),
+            env=_env(fault=faults[k]),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -289,17 +295,19 @@ def _two_processes(args: list[str], fault: str | None = None) -> list[subprocess
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_and_their_checkpoint_resumes_on_one(data, tmp_path):
+def test_two_processes_match_one_and_resume_on_two_and_on_one(data, tmp_path):
     reference = _rows(train(_config(data, tmp_path / "one")).run_dir)
     run = tmp_path / "two"
     path = tmp_path / "two.yaml"
     path.write_text(dump_config(_config(data, run)))
-    # both processes get SIGINT after epoch 2: they stop together, the checkpoint of epoch 2 kept
-    first, second = _two_processes([str(path)], fault="train:epoch@2=sigint")
-    assert first.returncode == 130, first.stderr[-4000:]
-    assert second.returncode == 130, second.stderr[-4000:]
-    assert "interrupted" in first.stderr
-    _same_rows(_rows(run), reference[:2])
+    # both processes get SIGINT after their first epoch: they stop together, its checkpoint kept;
+    # then --resume on two processes (one more epoch) and on one (to the end)
+    for args, epochs in (([str(path)], 1), (["--resume", str(run)], 2)):
+        first, second = _two_processes(args, fault="train:epoch@1=sigint")
+        assert first.returncode == 130, first.stderr[-4000:]
+        assert second.returncode == 130, second.stderr[-4000:]
+        assert "interrupted" in first.stderr
+        _same_rows(_rows(run), reference[:epochs])
     result = train(resume=run)  # one process, one device
     _same_rows(_rows(run), reference)
     assert result.summary["epochs"] == 3
@@ -315,3 +323,14 @@ def test_process_0_refusing_the_run_directory_stops_the_other(data, tmp_path):
     first, second = _two_processes([str(path)])
     assert first.returncode == 2 and "already holds a run" in first.stderr
     assert second.returncode != 0 and "process 0 failed" in second.stderr
+
+
+@pytest.mark.slow
+def test_a_process_that_dies_does_not_leave_the_other_hanging(data, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(_config(data, tmp_path / "run", epochs=20)))
+    t0 = time.monotonic()
+    first, second = _two_processes([str(path)], faults=(None, "train:step@3=kill"))
+    assert second.returncode == -9
+    assert first.returncode != 0  # process 0 stopped too, with an error
+    assert time.monotonic() - t0 < TIMEOUT
