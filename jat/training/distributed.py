@@ -107,11 +107,6 @@ def share_outcome(error: BaseException | None, value: str) -> str:
     raise RunError(f"process 0 failed: {body}")
 
 
-def agree(text: str) -> str:
-    """Process 0's ``text`` in every process of a multi-process run; ``text`` in one process."""
-    return broadcast_text(text) if several() else text
-
-
 def any_process(flag: bool) -> bool:
     """Whether ``flag`` is true in any process (a collective: every process must call it)."""
     from jax.experimental import multihost_utils

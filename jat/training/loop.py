@@ -133,7 +133,9 @@ def _open_run(
 
 def _agree(prog: RunProgress) -> RunProgress:
     """Process 0's ``prog`` in every process (plans and stop decisions use its clock)."""
-    text = distributed.agree(json.dumps(prog.to_json()))
+    if not distributed.several():
+        return prog
+    text = distributed.broadcast_text(json.dumps(prog.to_json()))
     return RunProgress.from_json(json.loads(text))
 
 
