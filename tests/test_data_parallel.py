@@ -206,6 +206,22 @@ def test_more_devices_than_available_is_a_clear_error(data, tmp_path):
     assert not (tmp_path / "run" / "config.yaml").exists()  # the claim was undone
 
 
+def test_process_flags_go_together_and_cluster_launches_are_detected(capsys):
+    from jat.train import main
+    from jat.training.distributed import cluster_launch, initialize
+
+    with pytest.raises(SystemExit) as info:
+        main(["--coordinator", "127.0.0.1:1234"])
+    assert info.value.code == 2
+    assert "--coordinator, --num-processes and --process-id go together" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--process-id 2 must be in 0…1"):
+        initialize("127.0.0.1:1234", 2, 2)
+    assert initialize("127.0.0.1:1234", 1, 0) is False  # one process: nothing to join
+    assert cluster_launch({"SLURM_NTASKS": "4", "SLURM_PROCID": "1"})
+    assert not cluster_launch({"SLURM_NTASKS": "1"}) and not cluster_launch({})
+    assert cluster_launch({"OMPI_COMM_WORLD_SIZE": "2"})
+
+
 # ---------------------------------------------------------------------------------------------
 # simulated devices
 
