@@ -9,7 +9,9 @@ from the beginning in the same directory; a complete run is not trained on
 (:class:`~jat.training.errors.RunCompleteError`). The pieces: :mod:`~jat.training.data` (files
 and split), :mod:`~jat.training.trainer` (compiled steps, one epoch, evaluation),
 :mod:`~jat.training.planning` (time budget, stop reasons), :mod:`~jat.training.state` (the typed
-progress), :mod:`~jat.training.interrupts` (Ctrl-C).
+progress), :mod:`~jat.training.interrupts` (Ctrl-C), :mod:`~jat.training.parallel` (batches split
+over devices) and :mod:`~jat.training.distributed` (several processes: process 0 writes the run
+directory, its progress decides plans and stops for all).
 """
 
 from __future__ import annotations
