@@ -19,6 +19,11 @@ examples:
   python -m jat.train examples/ean.yaml --print-config  # the resolved configuration
   python -m jat.train --resume RUN_DIR --print-config   # the configuration a run uses
   python -m jat.train --schema > jat-config.schema.json # JSON schema, for editors
+
+several processes (hosts): run the same command in each, e.g. on one machine
+  python -m jat.train my.yaml --coordinator 127.0.0.1:12355 --num-processes 2 --process-id 0
+  python -m jat.train my.yaml --coordinator 127.0.0.1:12355 --num-processes 2 --process-id 1
+under SLURM (srun) or Open MPI (mpirun) the three flags are detected and may be left out
 """
 
 
@@ -40,6 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="print the resolved configuration (with --resume: the run's) and exit",
     )
+    group = parser.add_argument_group(
+        "several processes", "one run over several processes (hosts); all three flags or none"
+    )
+    group.add_argument(
+        "--coordinator", metavar="HOST:PORT", help="address and a free port of process 0"
+    )
+    group.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    group.add_argument("--process-id", type=int, metavar="K", help="this process, 0…N-1")
     ns = parser.parse_args(argv)
 
     from jat.config import ConfigError, dump_config, load_config, load_run_config, template
@@ -54,6 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
         return 0
+    if not ns.print_config:
+        from jat.training.distributed import initialize
+
+        try:  # before any JAX computation; SLURM and Open MPI launches are detected
+            initialize(ns.coordinator, ns.num_processes, ns.process_id)
+        except ValueError as err:
+            parser.error(str(err))
     config_path = None
     overrides = list(ns.args)
     if overrides and "=" not in overrides[0]:

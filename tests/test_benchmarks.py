@@ -117,3 +117,46 @@ def test_committee_benchmark_pieces():
     assert compute_call().energy_std is not None
     for pot in (single, com):
         assert committee.training_epochs(pot, structures, 2)() > 0
+
+
+def _script_json(args: list[str], **env) -> tuple[int, dict, str]:
+    """Run a benchmark script; its exit code, the JSON of its last line and its stderr."""
+    import json
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=BENCHMARKS.parent,
+        env={**os.environ, "JAT_HUGE_PAGES": "0", "PYTHONPATH": str(BENCHMARKS.parent), **env},
+    )
+    lines = proc.stdout.strip().splitlines()
+    return proc.returncode, json.loads(lines[-1]) if lines else {}, proc.stderr
+
+
+def test_device_check_without_a_gpu_says_so_and_fails():
+    code, out, err = _script_json([str(BENCHMARKS / "device_check.py")], JAX_PLATFORMS="cpu")
+    assert code == 1 and "no GPU" in err
+    assert out["ok"] is False and out["gpu"] is False
+
+
+@pytest.mark.slow
+def test_device_check_tiny_on_the_cpu():
+    code, out, err = _script_json(
+        [str(BENCHMARKS / "device_check.py"), "--allow-cpu", "--no-tests"], JAX_PLATFORMS="cpu"
+    )
+    assert code == 0, (out, err[-2000:])
+    assert out["tiny"] and out["ean_jat"]["train"]["structures_per_s"] > 0
+    assert out["md_jat_225"]["ms_per_step"] > 0
+
+
+@pytest.mark.slow
+def test_data_parallel_benchmark_quick():
+    code, out, err = _script_json(
+        [str(BENCHMARKS / "data_parallel.py"), "--quick", "--repeats", "1"], JAX_PLATFORMS="cpu"
+    )
+    assert code == 0, err[-2000:]
+    assert out["devices"] == 2 and set(out["structures_per_s"]) == {"1", "2"}
+    assert out["ratio"] > 0

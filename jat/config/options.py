@@ -17,6 +17,7 @@ from jat.config.values import (
     Amount,
     Bool,
     Choice,
+    Devices,
     Duration,
     FilePath,
     Files,
@@ -228,9 +229,20 @@ class TrainingConfig(Section):
     epochs: Int(gt=0) = Field(
         200, description="number of epochs (an upper bound when time_budget is set)"
     )
-    batch_size: Int(gt=0) = Field(8, description="structures per training step")
+    batch_size: Int(gt=0) = Field(
+        8,
+        description="structures per training step over all devices (the global batch; a "
+        "multiple of the device count; the learning rate is not rescaled)",
+    )
     eval_batch_size: Int(gt=0) | None = Field(
-        None, description="structures per evaluation step; null = batch_size"
+        None,
+        description="structures per evaluation step; null = batch_size (rounded up to a "
+        "multiple of the device count)",
+    )
+    devices: Devices = Field(
+        "auto",
+        description="devices per process that share each batch: auto = every local device, "
+        "or a number; batches are split by structure",
     )
     time_budget: Duration | None = Field(
         None, description="wall-clock budget for the whole run; the schedule is fitted to it"

@@ -449,6 +449,31 @@ Amount = Annotated[
     ),
 ]
 
+
+def _devices(value: Any) -> str | int:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise expected('"auto" or a number of devices >= 1', value) from None
+    try:
+        result = to_int(value)
+    except Invalid:
+        raise expected('"auto" or a number of devices >= 1', value) from None
+    if result < 1:
+        raise Invalid(f'must be "auto" or >= 1; got {show(value)}')
+    return result
+
+
+#: ``"auto"`` (every local device) or a number of devices >= 1.
+Devices = Annotated[
+    Any,
+    BeforeValidator(_devices),
+    WithJsonSchema({"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}]}),
+]
+
 _DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)\s*([dhms])"
 _DURATION_PATTERN = rf"^\s*(?:(?:\d+(?:\.\d*)?|\.\d+)|(?:{_DURATION_PART}\s*)+)\s*$"
@@ -609,6 +634,7 @@ __all__ = [
     "Amount",
     "Bool",
     "Choice",
+    "Devices",
     "Duration",
     "FilePath",
     "Files",

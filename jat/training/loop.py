@@ -9,12 +9,15 @@ from the beginning in the same directory; a complete run is not trained on
 (:class:`~jat.training.errors.RunCompleteError`). The pieces: :mod:`~jat.training.data` (files
 and split), :mod:`~jat.training.trainer` (compiled steps, one epoch, evaluation),
 :mod:`~jat.training.planning` (time budget, stop reasons), :mod:`~jat.training.state` (the typed
-progress), :mod:`~jat.training.interrupts` (Ctrl-C).
+progress), :mod:`~jat.training.interrupts` (Ctrl-C), :mod:`~jat.training.parallel` (batches split
+over devices) and :mod:`~jat.training.distributed` (several processes: process 0 writes the run
+directory, its progress decides plans and stops for all).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +28,7 @@ from jat.atomic_io import fault_point, recover
 from jat.config import Config, config_to_dict, dump_config, load_config
 from jat.dtypes import cast, precision
 from jat.potential import Potential
-from jat.training import optim, planning
+from jat.training import distributed, optim, planning
 from jat.training.data import check_split, expand_path, load_splits, read_files
 from jat.training.errors import RunCompleteError, RunError, RunWriteError, TrainingInterrupted
 from jat.training.interrupts import StopRequest, stop_on_signals
@@ -81,21 +84,18 @@ def train(
     kept). ``hooks`` (for tests and tools): ``after_step(epoch, step_in_epoch, state)``.
     """
     with stop_on_signals() as stop:
-        if resume is not None:
-            run = RunDirectory.open(resume)
-            try:
-                cfg = load_config(run.config_path)
-            except BaseException:
-                run.release()
-                raise
-        else:
-            cfg = config if config is not None else load_config(None)
-            run = RunDirectory.claim(cfg.run_dir, cfg.output_dir, cfg.name, dump_config(cfg))
+        run, cfg = _open_run(config, resume)
         with run:
-            out = progress or Progress(cfg.logging.progress)
+            out = progress or Progress(cfg.logging.progress if run.writes else "none")
             try:
                 with precision(cfg.model.dtype):
                     if cfg.data.split.kfold is not None and cfg.data.split.fold is None:
+                        if distributed.several():
+                            raise ValueError(
+                                "data.split.kfold runs its folds in one process so far; run "
+                                "each fold on its own (data.split.fold=i) to use several"
+                            )
+
                         def one(fcfg, frun, again):
                             r = _train(fcfg, frun, again, out, hooks or {}, stop)
                             return r.potential, r.summary
@@ -112,6 +112,48 @@ def train(
                 if resume is None and not folds_started(run):
                     run.abandon_if_untrained()  # e.g. a data error: the same command may rerun
                 raise
+
+
+def _claim_or_open(
+    config: Config | None, resume: str | os.PathLike | None
+) -> tuple[RunDirectory, Config]:
+    if resume is not None:
+        run = RunDirectory.open(resume)
+        try:
+            return run, load_config(run.config_path)
+        except BaseException:
+            run.release()
+            raise
+    cfg = config if config is not None else load_config(None)
+    return RunDirectory.claim(cfg.run_dir, cfg.output_dir, cfg.name, dump_config(cfg)), cfg
+
+
+def _open_run(
+    config: Config | None, resume: str | os.PathLike | None
+) -> tuple[RunDirectory, Config]:
+    """The run directory and configuration. With several processes, process 0 claims (or opens)
+    the directory and tells the others where it is, or why it failed; they follow it read-only
+    with the configuration process 0 wrote there."""
+    if not distributed.several():
+        return _claim_or_open(config, resume)
+    if not distributed.is_leader():
+        run = RunDirectory.follow(distributed.share_outcome(None, ""))
+        return run, load_config(run.config_path)
+    try:
+        run, cfg = _claim_or_open(config, resume)
+    except BaseException as err:
+        distributed.share_outcome(err, "")
+        raise
+    distributed.share_outcome(None, str(run.path))
+    return run, cfg
+
+
+def _agree(prog: RunProgress) -> RunProgress:
+    """Process 0's ``prog`` in every process (plans and stop decisions use its clock)."""
+    if not distributed.several():
+        return prog
+    text = distributed.broadcast_text(json.dumps(prog.to_json()))
+    return RunProgress.from_json(json.loads(text))
 
 
 def resume(run_dir: str | os.PathLike, **kwargs: Any) -> TrainResult:
@@ -153,7 +195,8 @@ def _start(
     else:
         run.write_json(SPLIT_FILE, trainer.sources)
     if resuming and run.has_checkpoint("last"):
-        state, prog = run.load_checkpoint("last", state)
+        state, prog = run.load_checkpoint("last", trainer.host(state))
+        state = trainer.place(state)
         rows = run.reset_rows(prog.epoch)
         out.message(f"resuming {run.path} after epoch {prog.epoch} (step {prog.step})")
         return state, prog, rows
@@ -214,10 +257,11 @@ def _train(
         return _finish(trainer, run, prog, None)
 
     prog, clock = _plan(trainer, state, prog)
+    prog = _agree(prog)
     epochs = prog.planned_epochs
     schedule = _schedule(cfg, epochs, trainer.steps_per_epoch)
     logger = None
-    if cfg.logging.wandb:
+    if cfg.logging.wandb and run.writes:
         logger = WandbLogger(
             cfg.logging.wandb_project,
             cfg.logging.wandb_mode,
@@ -254,7 +298,7 @@ def _train(
         row["elapsed"] = elapsed()
         row["best"] = improved
         prog = dataclasses.replace(prog, epoch=epoch, step=row["step"], elapsed=row["elapsed"])
-        ema_pot = trainer.potential.with_params(state.ema)
+        ema_pot = trainer.potential.with_params(trainer.host(state.ema))
         if improved:
             run.save_checkpoint("best", ema_pot, None, prog)
         run.append_row(row)
@@ -265,10 +309,16 @@ def _train(
                 out.message(note)
             prog = dataclasses.replace(prog, planned_epochs=epochs, replanned=True)
             schedule = dataclasses.replace(schedule, total_steps=epochs * trainer.steps_per_epoch)
-        prog = planning.with_stop_reason(prog, patience, budget, row["epoch_time"])
+        prog = _agree(planning.with_stop_reason(prog, patience, budget, row["epoch_time"]))
+        if prog.planned_epochs != epochs:
+            epochs = prog.planned_epochs
+            schedule = dataclasses.replace(schedule, total_steps=epochs * trainer.steps_per_epoch)
+        if distributed.several() and distributed.any_process(stop.requested):
+            if not stop.requested:  # every process stops after the same epoch
+                stop.request("a signal to another process")
         interrupted = stop.requested
         if epoch % cfg.training.checkpoint_every == 0 or prog.stop_reason or interrupted:
-            run.save_checkpoint("last", ema_pot, state, prog)
+            run.save_checkpoint("last", ema_pot, trainer.host(state), prog)
         fault_point("train:epoch")
         out.epoch(row, epochs)
         if logger:
@@ -282,7 +332,10 @@ def _finish(
     """Evaluate the best model on every set, write ``summary.json`` and report."""
     cfg, out = trainer.cfg, trainer.out
     trainer.check_stop(f"after epoch {prog.epoch}, before the final evaluation")
-    recover(run.path)
+    if distributed.several():
+        distributed.barrier("jat:finish")  # process 0 has written the last checkpoints
+    if run.writes:
+        recover(run.path)
     name = "best" if prog.best_epoch is not None else "last"  # no evaluation ever ran: last
     if not run.has_checkpoint(name):
         raise RunError(

@@ -87,13 +87,15 @@ class RunDirectory:
     """A run directory this process has claimed or opened, and holds the lock of.
 
     Use :meth:`claim` for a new run and :meth:`open` to resume one; :meth:`release` (or leaving
-    the ``with`` block) drops the lock.
+    the ``with`` block) drops the lock. :meth:`follow` is the view of the other processes of a
+    multi-process run (``writes`` False): they read, and their writes do nothing.
     """
 
-    def __init__(self, path: Path, lock_fd: int | None, created: bool = False):
+    def __init__(self, path: Path, lock_fd: int | None, created: bool = False, writes: bool = True):
         self.path = path
         self._lock_fd = lock_fd
         self._created = created
+        self.writes = writes
 
     # -- claiming ------------------------------------------------------------------------------
 
@@ -170,6 +172,12 @@ class RunDirectory:
             raise
         return cls(path, fd)
 
+    @classmethod
+    def follow(cls, path: str | os.PathLike) -> RunDirectory:
+        """The run in ``path`` that process 0 of the same run has claimed or opened: read
+        here, written only by process 0 (writes here do nothing; no lock is taken)."""
+        return cls(Path(path), None, writes=False)
+
     def release(self) -> None:
         """Drop the lock (idempotent)."""
         fd, self._lock_fd = self._lock_fd, None
@@ -178,6 +186,8 @@ class RunDirectory:
     def abandon_if_untrained(self) -> None:
         """Undo the claim of a new run that failed before training anything (no checkpoint, no
         metrics), so that the same command can simply be run again; releases the lock."""
+        if not self.writes:
+            return
         if any(self.has_checkpoint(c) for c in CHECKPOINTS) or read_rows(self.path / METRICS_FILE):
             return
         with contextlib.suppress(OSError):
@@ -247,15 +257,21 @@ class RunDirectory:
     def save_checkpoint(
         self, name: str, potential: Any, state: Any | None, progress: RunProgress
     ) -> None:
+        if not self.writes:
+            return
         with self._writing(self.path / name):
             checkpoint.save_checkpoint(self.path / name, potential, state, progress)
 
     def write_json(self, name: str, obj: Any) -> None:
+        if not self.writes:
+            return
         with self._writing(self.path / name):
             write_file(self.path / name, json.dumps(obj, indent=1) + "\n")
 
     def append_row(self, row: dict[str, Any]) -> None:
         """Append one epoch's metrics to ``metrics.jsonl`` (flushed and fsynced)."""
+        if not self.writes:
+            return
         path = self.path / METRICS_FILE
         with self._writing(path), path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -267,6 +283,8 @@ class RunDirectory:
         """Keep the metric rows up to ``last_epoch`` (those written after the checkpoint go)."""
         path = self.path / METRICS_FILE
         rows = [r for r in read_rows(path) if r.get("epoch", math.inf) <= last_epoch]
+        if not self.writes:
+            return rows
         with self._writing(path):
             write_file(path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows

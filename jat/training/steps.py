@@ -133,6 +133,12 @@ def train_step(model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, b
         return total_loss(spec, terms), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return apply_gradients(tx, ema_decay, state, lr, loss, terms, grads, batch.weight.sum())
+
+
+def apply_gradients(tx, ema_decay, state: TrainState, lr, loss, terms, grads, weight):
+    """The optimiser and EMA update of ``state`` from the batch's loss, loss terms and gradient,
+    kept only if all are finite; ``weight`` is the number of real structures in the batch."""
     opt_state = set_learning_rate(state.opt_state, lr)
     updates, opt_state = tx.update(grads, opt_state, state.params)
     finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(updates)
@@ -143,7 +149,6 @@ def train_step(model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, b
         ema = optax.incremental_update(params, state.ema, ema_rate(ema_decay, state.step))
     new = TrainState(params, opt_state, ema, state.step + 1)
     new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
-    weight = batch.weight.sum()
     metrics = {"loss": loss * weight, "weight": weight, "finite": finite}
     metrics.update({f"loss_{k}": v * weight for k, v in terms.items()})
     return new, metrics
@@ -176,6 +181,40 @@ def committee_train_step(
     out = {k: jnp.sum(v) for k, v in metrics.items() if k != "finite"}
     out["finite"] = jnp.all(metrics["finite"])
     return new, out
+
+
+def loss_counts(spec: LossSpec, batch) -> dict[str, jax.Array]:
+    """The counts of :func:`loss_sums` (they depend on the labels only, not on the model)."""
+    counts = {}
+    if spec.energy_weight > 0:
+        counts["energy"] = batch.energy_weight.sum()
+    if spec.forces_weight > 0:
+        counts["forces"] = 3.0 * force_weights(batch).sum()
+    return counts
+
+
+def sharded_train_step(
+    model, tx, spec: LossSpec, ema_decay, axis: str, state: TrainState, scale, batch, lr
+):
+    """:func:`train_step` on one device's share of a batch inside ``shard_map`` over ``axis``.
+
+    The loss counts are summed over the devices first, so that each device's loss is its part of
+    the global-batch mean; losses and gradients are then summed (``psum``), which gives exactly
+    the global-batch loss and gradient (not a mean of per-device means). The update that
+    follows is the same on every device.
+    """
+    need_forces = spec.forces_weight > 0
+    counts = jax.lax.psum(loss_counts(spec, batch), axis)
+
+    def loss_fn(params):
+        de_atom, _, df = errors(model, params, scale, batch, need_forces)
+        sums = loss_sums(spec, de_atom, df, batch)
+        terms = {k: s / jnp.maximum(counts[k], 1.0) for k, (s, _) in sums.items()}
+        return total_loss(spec, terms), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss, terms, grads, weight = jax.lax.psum((loss, terms, grads, batch.weight.sum()), axis)
+    return apply_gradients(tx, ema_decay, state, lr, loss, terms, grads, weight)
 
 
 def initial_state(params, tx, committee: bool = False) -> TrainState:
@@ -220,6 +259,11 @@ def eval_step(model, spec: LossSpec, forces: bool, params, scale, batch, committ
     for key, (total, _) in loss_sums(spec, de_atom, df, batch).items():
         sums[f"loss_{key}_sum"] = total
     return sums
+
+
+def sharded_eval_step(model, spec: LossSpec, forces: bool, axis: str, params, scale, batch):
+    """:func:`eval_step` on one device's share of a batch, summed over the devices of ``axis``."""
+    return jax.lax.psum(eval_step(model, spec, forces, params, scale, batch), axis)
 
 
 def evaluation_loss(spec: LossSpec, total: dict[str, float]) -> float | None:

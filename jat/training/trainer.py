@@ -22,7 +22,7 @@ from jat.atomic_io import fault_point
 from jat.config import Config
 from jat.dtypes import cast
 from jat.potential import Potential
-from jat.training import optim, steps
+from jat.training import distributed, optim, parallel, steps
 from jat.training.data import load_splits, repulsion_spec, species_of
 from jat.training.dataset import Dataset, align_edge_slots, build_dataset, choose_buckets
 from jat.training.errors import NonFiniteError, TrainingInterrupted
@@ -66,6 +66,10 @@ class Trainer:
             energy_alpha=cfg.loss.energy_alpha,
         )
         self.compilations = {"train": 0, "eval": 0}
+        #: several processes step together: a stop request waits for the epoch's end
+        self.lockstep = distributed.several()
+        #: the device mesh when batches are split over several devices, else None
+        self.dp = parallel.data_parallel(cfg.training.devices, cfg.training.batch_size)
 
     def check_stop(self, where: str) -> None:
         """Raise :class:`TrainingInterrupted` if SIGINT/SIGTERM arrived (see ``interrupts``)."""
@@ -96,6 +100,12 @@ class Trainer:
         self.species = species_of(cfg, self.sets)
         ensemble = cfg.model.ensemble
         self.members = ensemble.members if ensemble.members > 1 else None
+        if self.members and self.dp is not None:
+            raise ValueError(
+                f"model.ensemble.members={self.members} and training.devices="
+                f"{cfg.training.devices} ({self.dp.size} devices): a committee trains on one "
+                "device so far; set training.devices=1"
+            )
         if cfg.training.energy_reference == "fit":
             shift, scale = fit_energy_reference(train, self.species, need_forces)
         else:
@@ -129,6 +139,8 @@ class Trainer:
         self.eval_forces = any(s.forces is not None for s in train)
         self.batch = cfg.training.batch_size
         self.eval_batch = cfg.training.eval_batch_size or self.batch
+        if self.dp is not None:  # evaluation sums do not depend on the batch size
+            self.eval_batch = -(-self.eval_batch // self.dp.size) * self.dp.size
         self.steps_per_epoch = len(self.data["train"].batches(self.batch))
         self.tx = optim.optimizer(
             cfg.optimizer.name, cfg.optimizer.weight_decay, cfg.optimizer.clip_norm
@@ -193,6 +205,21 @@ class Trainer:
             return traced
 
         committee = bool(self.members)
+        self.scale = jnp.asarray(self.potential.energy_scale, self.dtype)
+        if self.dp is not None:
+            self.train_step = parallel.compiled_train_step(
+                self.dp,
+                model,
+                self.tx,
+                self.loss_spec,
+                self.cfg.optimizer.ema_decay,
+                counter("train"),
+            )
+            self.eval_step = parallel.compiled_eval_step(
+                self.dp, model, self.loss_spec, self.eval_forces, counter("eval")
+            )
+            self.scale = parallel.replicate(self.dp, self.scale)
+            return
         self.train_step = steps.compiled_train_step(
             model, self.tx, self.loss_spec, self.cfg.optimizer.ema_decay, counter("train"),
             committee=committee,
@@ -206,10 +233,11 @@ class Trainer:
             )
 
         self.eval_step = jax.jit(eval_step)
-        self.scale = jnp.asarray(self.potential.energy_scale, self.dtype)
 
     def initial_state(self) -> steps.TrainState:
-        return steps.initial_state(self.potential.params, self.tx, bool(self.members))
+        return self.place(
+            steps.initial_state(self.potential.params, self.tx, bool(self.members))
+        )
 
     def step(self, state: steps.TrainState, bucket: int, rows: np.ndarray, batch, lr):
         """One compiled training step on ``batch`` (rows ``rows`` of training bucket
@@ -220,6 +248,23 @@ class Trainer:
         weights[:, : len(rows)] = self.member_weights[bucket][:, rows]
         return self.train_step(state, self.scale, batch, lr, jnp.asarray(weights, self.dtype))
 
+    def place(self, tree: Any) -> Any:
+        """``tree`` (a state or parameters) where the steps take it: replicated over the
+        devices when several share each batch, else unchanged."""
+        return tree if self.dp is None else parallel.replicate(self.dp, tree)
+
+    def host(self, tree: Any) -> Any:
+        """``tree`` (a state, parameters or metrics) readable on the host, e.g. to save it."""
+        return tree if self.dp is None else parallel.host_copy(tree)
+
+    def make_batch(self, data: Dataset, b: int, rows: np.ndarray, size: int) -> Any:
+        """The batch of ``size`` slots holding ``rows`` of bucket ``b`` of ``data``, as the
+        steps take it (split over the devices when there are several)."""
+        bucket = data.buckets[b]
+        if self.dp is None:
+            return bucket.batch(rows, size, self.dtype)
+        return parallel.sharded_batch(self.dp, bucket, rows, size, self.dtype)
+
     def measure_epoch(self, state: steps.TrainState) -> float:
         """Seconds an epoch (with its share of validation) takes, from compiled steps of every
         bucket timed on a throwaway copy of ``state``; compiles every shape on the way."""
@@ -227,7 +272,7 @@ class Trainer:
         per_epoch = 0.0
         for b, bucket in enumerate(train.buckets):
             n_batches = sum(1 for k, _ in train.batches(self.batch) if k == b)
-            batch = bucket.batch(np.arange(min(self.batch, len(bucket))), self.batch, self.dtype)
+            batch = self.make_batch(train, b, np.arange(min(self.batch, len(bucket))), self.batch)
             scratch = jax.tree.map(jnp.copy, state)
             times = []
             rows = np.arange(min(self.batch, len(bucket)))
@@ -256,12 +301,13 @@ class Trainer:
         data = self.data.get(name)
         if data is None:
             return {}
-        batches, dtype = data.batches(self.eval_batch), self.dtype
+        batches = data.batches(self.eval_batch)
+        params = self.place(params)
         sums = [
-            self.eval_step(params, self.scale, data.buckets[b].batch(rows, self.eval_batch, dtype))
+            self.eval_step(params, self.scale, self.make_batch(data, b, rows, self.eval_batch))
             for b, rows in batches
         ]
-        host = jax.device_get(sums)
+        host = jax.device_get(self.host(sums))
         for (b, rows), part in zip(batches, host, strict=True):
             if not all(np.isfinite(v) for v in part.values()):
                 raise NonFiniteError(
@@ -288,15 +334,16 @@ class Trainer:
         rates = schedule.values(step, len(batches))
         t = time.perf_counter()
         for k, (b, rows) in enumerate(batches):
-            self.check_stop(f"during epoch {epoch}, which is discarded")
-            batch = train.buckets[b].batch(rows, self.batch, self.dtype)
+            if not self.lockstep:
+                self.check_stop(f"during epoch {epoch}, which is discarded")
+            batch = self.make_batch(train, b, rows, self.batch)
             state, metrics = self.step(state, b, rows, batch, rates[k])
             parts.append(metrics)
             if "after_step" in self.hooks:
                 self.hooks["after_step"](epoch, k, state)
             fault_point("train:step")
             self.out.step(epoch, epochs, k + 1, len(batches))
-        host = jax.device_get(parts)  # waits for the epoch's last step
+        host = jax.device_get(self.host(parts))  # waits for the epoch's last step
         finite = [bool(part.pop("finite")) for part in host]
         if not all(finite):
             k = finite.index(False)
