@@ -128,6 +128,20 @@ def _min_distance(atoms: Atoms) -> float:
     return float(dist[np.triu_indices(len(atoms), 1)].min())
 
 
+def emt_labelled(atoms: Atoms) -> Atoms:
+    """``atoms`` with ASE's EMT energy, forces and (fully periodic) stress as single-point
+    labels: cheap reference data for training and evaluation tests."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms.calc = EMT()
+    labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+    if atoms.pbc.all():
+        labels["stress"] = atoms.get_stress()
+    atoms.calc = SinglePointCalculator(atoms, **labels)
+    return atoms
+
+
 def random_symbols(n: int, seed) -> list[str]:
     return list(_rng(seed).choice(SPECIES, size=n))
 

@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase.build import bulk
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
+from conftest import emt_labelled
 
 import jat
 from jat.config import ConfigError, config_from_dict
@@ -27,20 +26,13 @@ from jat.training.dataset import build_dataset
 TINY = {"name": "jat", "cutoff": 3.0, "layers": 1, "width": 8, "heads": 1}
 
 
-def _labelled(atoms):
-    atoms.calc = EMT()
-    labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
-    atoms.calc = SinglePointCalculator(atoms, **labels)
-    return atoms
-
-
 @pytest.fixture(scope="module")
 def cu_file(tmp_path_factory):
     frames = []
     for k in range(16):
         atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
         atoms.rattle(0.1, seed=k)
-        frames.append(_labelled(atoms))
+        frames.append(emt_labelled(atoms))
     path = tmp_path_factory.mktemp("cu") / "cu.extxyz"
     write(path, frames)
     return path
@@ -65,7 +57,7 @@ def test_committee_step_is_k_independent_steps(x64):
     for k in range(4):
         atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
         atoms.rattle(0.1, seed=k)
-        frames.append(_labelled(atoms))
+        frames.append(emt_labelled(atoms))
     structures = [
         jat.data.Structure(tuple(a.get_chemical_symbols()), a.positions, a.cell.array,
                            (True,) * 3, a.get_potential_energy(), a.get_forces())

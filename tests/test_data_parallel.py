@@ -102,7 +102,9 @@ print(json.dumps(out))
 """
 
 
-def _env(devices: int | None = None, fault: str | None = None) -> dict[str, str]:
+def _env(
+    devices: int | None = None, fault: str | None = None, processes: int = 1
+) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.pop(FAULT_ENV, None)
@@ -113,10 +115,15 @@ def _env(devices: int | None = None, fault: str | None = None) -> dict[str, str]
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     if fault:
         env[FAULT_ENV] = fault
-    cache = jax.config.jax_compilation_cache_dir  # shared with the test process (conftest)
+    cache = jax.config.jax_compilation_cache_dir  # the test process's (conftest)
     if cache:
-        env.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
-        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        # JAX leaves the simulated device count out of its cache key, and an executable written
+        # by a process with another count can crash the one that loads it: one directory per
+        # count. Processes that may be killed only read (JAX writes entries in place).
+        count = devices or 1
+        tag = "" if count == 1 and processes == 1 else f"-devices{count}-processes{processes}"
+        env["JAX_COMPILATION_CACHE_DIR"] = f"{cache}{tag}"
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1e9" if fault else "0"
     return env
 
 
@@ -290,7 +297,7 @@ def _two_processes(
                 "--process-id",
                 str(k),
             ],
-            env=_env(fault=faults[k]),
+            env=_env(fault=faults[k], processes=2),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -9,9 +9,8 @@ import json
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
+from conftest import emt_labelled
 
 import jat
 from jat.data import read_structures
@@ -22,29 +21,20 @@ SPECIES = ("H", "C", "N", "O", "Cu")
 SMALL = {"features": 8, "interactions": 1}
 
 
-def _labelled(atoms):
-    atoms.calc = EMT()
-    labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
-    if atoms.pbc.all():
-        labels["stress"] = atoms.get_stress()
-    atoms.calc = SinglePointCalculator(atoms, **labels)
-    return atoms
-
-
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     frames = []
     for k in range(6):
         atoms = molecule(("CH4", "NH3", "H2O")[k % 3])
         atoms.rattle(0.05, seed=k)
-        frames.append(_labelled(atoms))
+        frames.append(emt_labelled(atoms))
     path = tmp_path_factory.mktemp("eval") / "mol.extxyz"
     write(path, frames)
     crystals = []
     for k in range(3):
         atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
         atoms.rattle(0.05, seed=10 + k)
-        crystals.append(_labelled(atoms))
+        crystals.append(emt_labelled(atoms))
     write(path.with_name("cu.extxyz"), crystals)
     return path
 
@@ -139,7 +129,7 @@ def test_cli_names_bad_input(tmp_path, capsys):
     assert "bad.extxyz" in capsys.readouterr().err
     assert evaluate_main([str(tmp_path / "missing"), str(bad)]) == 2
     good = tmp_path / "good.extxyz"
-    write(good, [_labelled(molecule("CH4"))])
+    write(good, [emt_labelled(molecule("CH4"))])
     assert evaluate_main([str(pot_dir), str(good), "--calibrate", str(tmp_path / "c")]) == 2
     assert "committee" in capsys.readouterr().err
 

@@ -9,9 +9,8 @@ import jax
 import numpy as np
 import pytest
 from ase.build import bulk
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
+from conftest import emt_labelled
 
 import jat
 from jat.config import ConfigError, config_from_dict
@@ -29,10 +28,7 @@ def cu_file(tmp_path_factory):
     for k in range(12):
         atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
         atoms.rattle(0.1, seed=k)
-        atoms.calc = EMT()
-        labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
-        atoms.calc = SinglePointCalculator(atoms, **labels)
-        frames.append(atoms)
+        frames.append(emt_labelled(atoms))
     path = tmp_path_factory.mktemp("cu") / "cu.extxyz"
     write(path, frames)
     return path

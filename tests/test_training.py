@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
-from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
+from conftest import emt_labelled
 
 import jat
 from jat import atomic_io
@@ -35,15 +35,6 @@ TINY = {"name": "jat", "cutoff": 3.0, "layers": 1, "width": 8, "heads": 1}
 TIME_KEYS = {"train_structures_per_s", "train_atoms_per_s", "train_time", "epoch_time", "elapsed"}
 
 
-def _labelled(atoms):
-    atoms.calc = EMT()
-    labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
-    if atoms.pbc.all():
-        labels["stress"] = atoms.get_stress()
-    atoms.calc = SinglePointCalculator(atoms, **labels)
-    return atoms
-
-
 @pytest.fixture(scope="module")
 def emt_files(tmp_path_factory):
     """EMT-labelled data: rattled periodic Cu (8 and 4 atoms) and small molecules."""
@@ -55,12 +46,12 @@ def emt_files(tmp_path_factory):
         if k % 3 == 0:
             atoms = atoms.repeat((2, 1, 1))
         atoms.rattle(0.1, seed=int(rng.integers(1 << 30)))
-        crystals.append(_labelled(atoms))
+        crystals.append(emt_labelled(atoms))
     molecules = []
     for k in range(18):
         atoms = molecule(("CH4", "NH3", "H2O")[k % 3])
         atoms.rattle(0.05, seed=k)
-        molecules.append(_labelled(atoms))
+        molecules.append(emt_labelled(atoms))
     write(root / "cu.extxyz", crystals)
     write(root / "mol.extxyz", molecules)
     return root
