@@ -62,6 +62,14 @@ def _potential(model, dtype, cutoff, extra):
     return jat.Potential.create(model, SPECIES, cutoff, seed=1, dtype=dtype, **kwargs)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop JAX's compiled executables after each test module: a worker runs hundreds of
+    modules' programs, and keeping all of them grew a worker past 5 GB."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture
 def x64():
     """float64 for the tests that call the JAX functions directly (Potentials set their own)."""
