@@ -150,6 +150,22 @@ def emt_labelled(atoms: Atoms) -> Atoms:
     return atoms
 
 
+def rattled_copper_file(directory: Path, n_frames: int) -> Path:
+    """``n_frames`` rattled cubic fcc copper cells (4 atoms, seeds 0..n-1) with EMT labels,
+    written to ``directory / "cu.extxyz"``: a tiny periodic training set."""
+    from ase.build import bulk
+    from ase.io import write
+
+    frames = []
+    for k in range(n_frames):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.rattle(0.1, seed=k)
+        frames.append(emt_labelled(atoms))
+    path = Path(directory) / "cu.extxyz"
+    write(path, frames)
+    return path
+
+
 def random_symbols(n: int, seed) -> list[str]:
     return list(_rng(seed).choice(SPECIES, size=n))
 

@@ -9,8 +9,7 @@ import jax
 import numpy as np
 import pytest
 from ase.build import bulk
-from ase.io import write
-from conftest import emt_labelled
+from conftest import rattled_copper_file
 
 import jat
 from jat.config import ConfigError, config_from_dict
@@ -24,14 +23,7 @@ TINY = {"name": "jat", "cutoff": 3.0, "layers": 1, "width": 8, "heads": 1}
 
 @pytest.fixture(scope="module")
 def cu_file(tmp_path_factory):
-    frames = []
-    for k in range(12):
-        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
-        atoms.rattle(0.1, seed=k)
-        frames.append(emt_labelled(atoms))
-    path = tmp_path_factory.mktemp("cu") / "cu.extxyz"
-    write(path, frames)
-    return path
+    return rattled_copper_file(tmp_path_factory.mktemp("cu"), 12)
 
 
 def _config(path, run_dir, **split):
