@@ -36,7 +36,7 @@ import numpy as np
 import jat
 from jat.data import data_dir
 from jat.plotting import pyplot, save_figure  # noqa: F401 - the benchmarks' plots
-from jat.runtime import huge_pages_enabled
+from jat.runtime import freed_memory_kept, huge_pages_enabled
 from jat.training import optim, steps
 from jat.training.dataset import Dataset, build_dataset, choose_buckets
 from jat.training.splits import fit_energy_reference
@@ -156,6 +156,7 @@ def environment() -> dict[str, Any]:
         "jax": jax.__version__,
         "python": platform.python_version(),
         "huge_pages": huge_pages_enabled(),
+        "freed_memory_kept": freed_memory_kept(),
     }
 
 
@@ -164,6 +165,7 @@ def describe_environment(env: dict[str, Any]) -> str:
         f"{env['processor']}, {env['usable_cores']}/{env['cpu_count']} usable CPU cores, "
         f"jax {env['jax']} on {env['device']}"
         + (", huge pages" if env.get("huge_pages") else "")
+        + (", freed memory kept" if env.get("freed_memory_kept") else "")
     )
 
 

@@ -1,6 +1,8 @@
 """jat: sparse-graph machine-learned interatomic potentials in JAX/Flax.
 
-``import jat`` is cheap: JAX, Flax and ASE load when a name that needs them is first used.
+``import jat`` is cheap: JAX, Flax and ASE load when a name that needs them is first used. On
+Linux it also makes malloc keep freed memory for reuse (:func:`jat.runtime.keep_freed_memory`:
+XLA's per-call buffers then cost no page faults; ``JAT_KEEP_FREED_MEMORY=0`` turns it off).
 
     pot = jat.Potential.create("jat", species=["H", "C", "N", "O"], cutoff=5.0)
     atoms.calc = pot.calculator()
@@ -11,7 +13,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from jat import runtime
+
 __version__ = "0.1.0"
+
+runtime.keep_freed_memory()
 
 _LAZY = {
     "Potential": ("jat.potential", "Potential"),
@@ -60,4 +66,5 @@ __all__ = [
     "data",
     "graph",
     "models",
+    "runtime",
 ]
