@@ -257,3 +257,21 @@ def test_ean_box(method):
     assert positions.shape == (225, 3)
     edges = check(positions, 5.0, cell, True, method)
     assert len(edges) > 10_000
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_estimated_capacity_is_close_to_the_count_and_grown_when_low(method):
+    """neighbor_list sizes its edge capacity from the number density (no host count): close to
+    the exact count for uniform matter, and an underestimate (all atoms in one corner of a
+    periodic box) is grown from the build's own count, giving the exact list."""
+    rng = np.random.default_rng(7)
+    cell = np.diag([12.0, 11.0, 13.0])
+    liquid = rng.uniform(0, 1, (300, 3)) @ cell
+    for pbc in [(True, True, True), (True, True, False), (False, False, False)]:
+        exact = allocate(liquid, 3.5, cell, pbc, method=method)
+        estimated = allocate(liquid, 3.5, cell, pbc, method=method, estimate=True)
+        assert exact.capacity / 1.5 <= estimated.capacity <= 2.5 * exact.capacity, pbc
+    corner = rng.uniform(0, 0.25, (300, 3)) @ cell
+    low = allocate(corner, 3.5, cell, True, method=method, estimate=True)
+    assert low.capacity < allocate(corner, 3.5, cell, True, method=method).capacity
+    check(corner, 3.5, cell, True, method)

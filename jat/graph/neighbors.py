@@ -128,6 +128,7 @@ def allocate(
     method: str = "auto",
     capacity: int | None = None,
     headroom: float = EDGE_HEADROOM,
+    estimate: bool = False,
 ) -> NeighborSpec:
     """Host-side (not jittable): a spec whose static bounds fit the given geometry.
 
@@ -137,6 +138,11 @@ def allocate(
     rounded up to a bucket so that small fluctuations do not change the spec. ``"auto"``
     picks all pairs while (atom slots rounded to 32)^2 x periodic images <= 2^20, else the
     cell list. Raises ValueError on invalid input.
+
+    ``estimate``: size the edge capacity from the number density instead of counting the edges
+    on the host (which costs several times a build for thousands of atoms); the estimate errs
+    on the high side (up to about 2x for chains and sheets) and a lower count is grown from
+    the build's ``n_edges`` (:func:`grow`), as :func:`neighbor_list` does.
     """
     pbc = normalize_pbc(pbc, cell is not None)
     pos, cells, masks = _validate(positions, cutoff, cell, pbc, mask)
@@ -156,7 +162,8 @@ def allocate(
     periodic_heights = [float(h[k]) for _, h in geometry for k in range(3) if pbc[k]]
     check_search_size(spec, pos.shape[1], min(periodic_heights, default=None))
     if capacity is None:
-        capacity = capacity_bucket(_count(pos, cells, masks, spec) * headroom)
+        count = _estimate(cells, masks, geometry, spec) if estimate else _count(pos, cells, masks, spec)
+        capacity = capacity_bucket(count * headroom)
     return dataclasses.replace(spec, capacity=int(capacity))
 
 
@@ -235,6 +242,33 @@ def _cell_list_spec(cutoff, pbc, pos, masks, geometry, headroom) -> NeighborSpec
         reach=_reach(cutoff, geometry, pbc, n_bins),
         bin_capacity=32 * math.ceil(occupancy * headroom / 32),
     )
+
+
+def _estimate(cells, masks, geometry, spec) -> int:
+    """Expected number of edges, the largest over a batch: each of n atoms has about
+    ρ (4/3)π r_c³ neighbours at number density ρ = n / V, where V is the cell's volume along
+    periodic axes and the atoms' extent (at least r_c) along free ones; without periodic axes
+    at most n − 1."""
+    sphere = 4.0 / 3.0 * math.pi * spec.cutoff**3
+    most = 0.0
+    for cell, (frac, height), mask in zip(cells, geometry, masks, strict=True):
+        n = int(np.count_nonzero(mask))
+        if n == 0:
+            continue
+        if all(spec.pbc):
+            per_atom = n / abs(float(np.linalg.det(cell))) * sphere
+            most = max(most, n * per_atom)
+            continue
+        sides = [
+            float(height[k]) if spec.pbc[k]
+            else max(float(np.ptp(frac[mask, k])) * float(height[k]), spec.cutoff)
+            for k in range(3)
+        ]
+        per_atom = n / math.prod(sides) * sphere
+        if not any(spec.pbc):
+            per_atom = min(per_atom, n - 1)
+        most = max(most, n * per_atom)
+    return int(math.ceil(most))
 
 
 def _count(pos, cells, masks, spec) -> int:
@@ -353,7 +387,9 @@ def neighbor_list(
     positions (N, 3) Å, cell None or (3, 3) Å, pbc None / bool / 3 bools, mask (N,) bool.
     Raises ValueError for coincident atoms or an invalid structure.
     """
-    spec = allocate(positions, cutoff, cell, pbc, mask, method=method, capacity=capacity)
+    spec = allocate(
+        positions, cutoff, cell, pbc, mask, method=method, capacity=capacity, estimate=True
+    )
     cell = None if not any(spec.pbc) else jnp.asarray(cell)
     positions = jnp.asarray(positions)
     neighbors, _ = fit(

@@ -516,16 +516,20 @@ class Potential:
         cell = np.stack([s.cell for s in ss])
         spec_key = ("spec", pos.shape, pbc)
 
-        def allocate(*_):
+        def allocate(*_, estimate: bool = False):
+            """Bounds for the batch: estimated from the density at first (no host count of
+            the edges), counted exactly when that did not fit."""
             mask = species >= 0
-            return graph.allocate(pos, self.cutoff, cell if any(pbc) else None, pbc, mask)
+            return graph.allocate(
+                pos, self.cutoff, cell if any(pbc) else None, pbc, mask, estimate=estimate
+            )
 
         with precision(self.dtype):
             params, scale = self.device_constants()
             args = (pos.astype(dt), species, cell.astype(dt))
             out, spec = graph.fit(
                 lambda spec: self._compiled(spec, forces, want_stress)(params, scale, *args),
-                self.compiled.peek(spec_key) or allocate(),
+                self.compiled.peek(spec_key) or allocate(estimate=True),
                 allocate,
                 error=lambda out: out[1].error,
                 what="neighbour list",
