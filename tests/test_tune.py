@@ -30,14 +30,12 @@ SEARCH = {
 
 @pytest.fixture(scope="module")
 def cu_file(tmp_path_factory):
-    """EMT-labelled rattled periodic Cu, 4 and 8 atoms."""
+    """EMT-labelled rattled periodic Cu, 4 atoms (one batch shape: one compilation)."""
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("emt")
     crystals = []
-    for k in range(12):
+    for _ in range(12):
         atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
-        if k % 3 == 0:
-            atoms = atoms.repeat((2, 1, 1))
         atoms.rattle(0.1, seed=int(rng.integers(1 << 30)))
         crystals.append(emt_labelled(atoms))
     write(root / "cu.extxyz", crystals)
@@ -199,6 +197,46 @@ def test_examples_are_valid():
 # studies
 
 
+def test_failed_combination_is_a_failed_trial_and_the_study_goes_on(tmp_path, cu_file, capsys):
+    """width 4 with heads 3 is rejected by the model: that trial fails (nothing trained), is
+    counted, and is in the results with its error; no trial completed, so no best.yaml."""
+    from jat.tune import report, run_study
+    from jat.tune.study import open_study, study_lock
+
+    search = {"model.width": {"choices": [4, 12]}, "model.heads": {"choices": [1, 3]}}
+    path = _tune_file(tmp_path, cu_file, search=search, trials=1)
+    spec = load_tune(path)
+    with study_lock(spec.study_dir):
+        study, _ = open_study(spec)
+        study.enqueue_trial({"model.width": 4, "model.heads": 3})
+    study = run_study(spec, say=lambda _: None)
+    (trial,) = study.get_trials()
+    assert trial.state.name == "FAIL" and "not divisible" in trial.user_attrs["error"]
+    assert not (spec.study_dir / "trials").exists()
+    out = report(study, spec)
+    assert out["trials"] == {"fail": 1} and out["best"] is None
+    with open(spec.study_dir / RESULTS_FILE, encoding="utf-8") as f:
+        (row,) = csv.DictReader(f)
+    assert row["state"] == "fail" and "not divisible" in row["note"]
+    assert _main([path], capsys)["trials"] == {"fail": 1}  # done: nothing more to run
+
+
+def test_study_directory_in_use_or_without_its_database(tmp_path, cu_file, capsys):
+    from jat.tune import StudyError, StudyInUseError, run_study
+    from jat.tune.__main__ import main
+    from jat.tune.study import study_lock
+
+    path = _tune_file(tmp_path, cu_file)
+    spec = load_tune(path)
+    with study_lock(spec.study_dir), pytest.raises(StudyInUseError, match="in use"):
+        run_study(spec)
+    (spec.study_dir / "trials" / "0000").mkdir(parents=True)
+    with pytest.raises(StudyError, match="study.db is missing"):
+        run_study(spec)
+    assert main([str(path), "--report"]) == 2
+    assert "no study" in capsys.readouterr().err
+
+
 def _main(args, capsys) -> dict:
     from jat.tune.__main__ import main
 
@@ -225,7 +263,7 @@ def test_study_end_to_end_then_resume(tmp_path, cu_file, capsys):
     assert values == sorted(values) and values[0] == pytest.approx(out["best"]["value"])
     for r in table:
         assert float(r["train_time_s"]) > 0 and float(r["inference_ms"]) > 0
-        assert int(r["n_params"]) > 0 and r["inference_atoms"] in ("4", "8")
+        assert int(r["n_params"]) > 0 and r["inference_atoms"] == "4"
         assert (Path(r["run_dir"]) / "summary.json").is_file()
     assert (study_dir / PARETO_FILE).stat().st_size > 0
     best = load_config(study_dir / BEST_FILE)
@@ -250,8 +288,11 @@ def test_study_end_to_end_then_resume(tmp_path, cu_file, capsys):
     assert trials[3].params == {"model.width": 4, "optimizer.lr_max": 2e-3}
     assert len(trials) == 4
     # finished: the same command trains nothing and rewrites the outputs
+    (study_dir / BEST_FILE).unlink()
     out = _main([path, "trials=3"], capsys)
     assert out["trials"] == {"complete": 3, "interrupted": 1}
+    assert (study_dir / BEST_FILE).is_file()
+    assert _main([path, "--report"], capsys)["trials"] == out["trials"]
 
 
 @pytest.mark.slow
@@ -260,21 +301,18 @@ def test_pruned_trials_stop_cleanly(tmp_path, cu_file, capsys):
     its run directory complete (stop reason "hook"), and there is no best configuration."""
     from jat.tune import report, run_study
 
-    spec = load_tune(_tune_file(tmp_path, cu_file, base={
-        **yaml.safe_load(_tune_file(tmp_path, cu_file).read_text())["base"],
-        "training": {"epochs": 4, "batch_size": 4},
-    }))
+    spec = load_tune(_tune_file(tmp_path, cu_file), ["trials=1", "base.training.epochs=4"])
     messages = []
     study = run_study(spec, pruner=optuna.pruners.ThresholdPruner(upper=0.0),
                       say=messages.append)
     trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert [t.state.name for t in trials] == ["PRUNED"]
     for t in trials:
         assert list(t.intermediate_values) == [1]
         summary = json.loads((Path(t.user_attrs["run_dir"]) / "summary.json").read_text())
         assert summary["stop_reason"] == "hook" and summary["epochs"] == 1
     assert any("pruned after epoch 1" in m for m in messages)
     out = report(study, spec)
-    assert out["best"] is None and out["trials"] == {"pruned": 2}
+    assert out["best"] is None and out["trials"] == {"pruned": 1}
     assert not (spec.study_dir / BEST_FILE).exists()
     assert (spec.study_dir / RESULTS_FILE).is_file() and (spec.study_dir / PARETO_FILE).is_file()

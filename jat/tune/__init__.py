@@ -13,7 +13,7 @@ same command runs again; the outputs are ``results.csv``, ``pareto.png`` and ``b
 
 from jat.tune.report import BEST_FILE, PARETO_FILE, RESULTS_FILE, report
 from jat.tune.space import METRICS, Param, TuneSettings, TuneSpec, load_tune
-from jat.tune.study import STUDY_FILE, TRIALS_DIR, StudyInUseError, run_study
+from jat.tune.study import STUDY_FILE, TRIALS_DIR, StudyError, StudyInUseError, run_study
 
 __all__ = [
     "BEST_FILE",
@@ -23,6 +23,7 @@ __all__ = [
     "STUDY_FILE",
     "TRIALS_DIR",
     "Param",
+    "StudyError",
     "StudyInUseError",
     "TuneSettings",
     "TuneSpec",

@@ -55,10 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from jat.tune.report import format_table, report
-    from jat.tune.study import StudyInUseError, open_study, run_study, study_lock
+    from jat.tune.study import STUDY_FILE, StudyError, open_study, run_study, study_lock
 
     try:
         if ns.report:
+            if not (spec.study_dir / STUDY_FILE).is_file():
+                print(f"error: no study in {spec.study_dir} (no {STUDY_FILE})", file=sys.stderr)
+                return 2
             with study_lock(spec.study_dir):
                 study, _ = open_study(spec)
         else:
@@ -66,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (ConfigError, StudyInUseError) as err:
+    except (ConfigError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -30,7 +30,11 @@ TRIALS_DIR = "trials"
 LOCK_FILE = ".lock"
 
 
-class StudyInUseError(RuntimeError):
+class StudyError(RuntimeError):
+    """A study directory that cannot be used as it is."""
+
+
+class StudyInUseError(StudyError):
     """Another process runs the study."""
 
 
@@ -274,6 +278,15 @@ def run_study(
     from jat.training.errors import RunError
 
     with study_lock(spec.study_dir):
+        trials_dir = spec.study_dir / TRIALS_DIR
+        if not (spec.study_dir / STUDY_FILE).exists() and trials_dir.is_dir() and any(
+            trials_dir.iterdir()
+        ):
+            raise StudyError(
+                f"{trials_dir} has trial runs but {spec.study_dir / STUDY_FILE} is missing: "
+                "the study cannot be resumed without it; move the trials away or use another "
+                "study_dir"
+            )
         study, storage = open_study(spec, pruner)
         for number in recover(study, storage):
             say(f"trial {number} was interrupted: retrying its parameters")
@@ -295,6 +308,7 @@ __all__ = [
     "STUDY_FILE",
     "TRIALS_DIR",
     "Objective",
+    "StudyError",
     "StudyInUseError",
     "finished",
     "inference_time",
