@@ -181,6 +181,20 @@ def test_sampling_gives_valid_configs_within_the_space(tmp_path, cu_file):
         study.tell(trial, 0.0)
 
 
+def test_pruners_and_samplers(tmp_path, cu_file):
+    from jat.tune.study import make_pruner, make_sampler
+
+    kinds = {"median": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner,
+             "halving": optuna.pruners.SuccessiveHalvingPruner}
+    for name, cls in kinds.items():
+        spec = load_tune(_tune_file(tmp_path, cu_file, pruner=name, pruner_warmup=3))
+        assert isinstance(make_pruner(spec), cls)
+    spec = load_tune(_tune_file(tmp_path, cu_file, sampler="random"))
+    assert isinstance(make_sampler(spec, 0), optuna.samplers.RandomSampler)
+    spec = load_tune(_tune_file(tmp_path, cu_file))
+    assert isinstance(make_sampler(spec, 0), optuna.samplers.TPESampler)
+
+
 def test_pareto_front():
     points = [(1.0, 5.0), (2.0, 3.0), (3.0, 4.0), (4.0, 1.0), (0.5, 9.0)]
     assert pareto_front(points) == [4, 0, 1, 3]
