@@ -235,6 +235,40 @@ def test_failed_combination_is_a_failed_trial_and_the_study_goes_on(tmp_path, cu
     assert _main([path], capsys)["trials"] == {"fail": 1}  # done: nothing more to run
 
 
+def test_ctrl_c_marks_the_trial_interrupted_and_it_is_retried(tmp_path, cu_file, monkeypatch):
+    import jat.training
+    from jat.training.errors import TrainingInterrupted
+    from jat.tune import run_study
+    from jat.tune.study import finished, open_study, recover, study_lock
+
+    def interrupted(cfg, **kwargs):
+        raise TrainingInterrupted("interrupted (SIGINT) during epoch 1", cfg.run_dir)
+
+    monkeypatch.setattr(jat.training, "train", interrupted)
+    spec = load_tune(_tune_file(tmp_path, cu_file))
+    with pytest.raises(TrainingInterrupted):
+        run_study(spec, say=lambda _: None)
+    with study_lock(spec.study_dir):
+        study, storage = open_study(spec)
+        (trial,) = study.get_trials()
+        assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"]
+        assert finished(study) == 0  # does not count towards trials
+        assert recover(study, storage) == [0]
+        assert recover(study, storage) == []  # queued once
+        waiting = study.get_trials()[1]
+        assert waiting.state.name == "WAITING" and waiting.user_attrs["retry_of"] == 0
+
+
+def test_cli_bad_space_exits_2_before_training(tmp_path, cu_file, capsys):
+    from jat.tune.__main__ import main
+
+    path = _tune_file(tmp_path, cu_file, search={"model.width": {"low": 8, "high": 4}})
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: search.model.width: low (8) must be less than high")
+    assert not (tmp_path / "study").exists()
+
+
 def test_study_directory_in_use_or_without_its_database(tmp_path, cu_file, capsys):
     from jat.tune import StudyError, StudyInUseError, run_study
     from jat.tune.__main__ import main
@@ -313,6 +347,8 @@ def test_study_end_to_end_then_resume(tmp_path, cu_file, capsys):
 def test_pruned_trials_stop_cleanly(tmp_path, cu_file, capsys):
     """A pruner that prunes every reported value: each trial stops after its first evaluation,
     its run directory complete (stop reason "hook"), and there is no best configuration."""
+    from jat.training import train
+    from jat.training.errors import RunCompleteError
     from jat.tune import report, run_study
 
     spec = load_tune(_tune_file(tmp_path, cu_file), ["trials=1", "base.training.epochs=4"])
@@ -325,6 +361,8 @@ def test_pruned_trials_stop_cleanly(tmp_path, cu_file, capsys):
         assert list(t.intermediate_values) == [1]
         summary = json.loads((Path(t.user_attrs["run_dir"]) / "summary.json").read_text())
         assert summary["stop_reason"] == "hook" and summary["epochs"] == 1
+        with pytest.raises(RunCompleteError, match="stopped by a hook"):  # a complete run
+            train(resume=t.user_attrs["run_dir"])
     assert any("pruned after epoch 1" in m for m in messages)
     out = report(study, spec)
     assert out["best"] is None and out["trials"] == {"pruned": 1}
