@@ -46,7 +46,7 @@ def _optuna() -> Any:
             "python -m jat.tune needs Optuna: pip install optuna (or the tune extra, "
             'pip install -e ".[tune]")'
         ) from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials report through ``say``
     return optuna
 
 
@@ -201,11 +201,14 @@ class Objective:
         trial.set_user_attr("run_dir", str(run_dir))
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in values.items())
-        self.say(f"trial {number}: {shown}")
+        retry = trial.user_attrs.get("retry_of")
+        self.say(f"trial {number}: {shown}" + (f" (retry of trial {retry})" if retry is not None
+                                               else ""))
         try:
             cfg = spec.config(values, run_dir=run_dir, name=f"trial-{number:04d}")
         except ConfigError as err:
             trial.set_user_attr("error", str(err))
+            self.say(f"trial {number}: failed: {err}")
             raise
         pruned: dict[str, Any] = {}
 
@@ -224,9 +227,11 @@ class Objective:
             result = train(cfg, hooks={"after_evaluation": after_evaluation})
         except KeyboardInterrupt:  # TrainingInterrupted too: retried when the study resumes
             trial.set_user_attr("interrupted", True)
+            self.say(f"trial {number}: interrupted; it is retried when the study resumes")
             raise
         except Exception as err:
             trial.set_user_attr("error", f"{type(err).__name__}: {err}")
+            self.say(f"trial {number}: failed: {type(err).__name__}: {err}")
             raise
         wall = time.monotonic() - t0
         summary = result.summary
