@@ -198,7 +198,7 @@ class Objective:
         number = trial.number
         values = {k: p.suggest(trial, k) for k, p in spec.search.items()}
         run_dir = spec.study_dir / TRIALS_DIR / f"{number:04d}"
-        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in values.items())
         retry = trial.user_attrs.get("retry_of")
