@@ -240,6 +240,7 @@ class TuneSpec:
         base_source: str,
         base_config: Config,
         study_dir: Path,
+        cli_keys: Sequence[str] = (),
     ):
         from jat.training.trainer import monitor_key
 
@@ -249,7 +250,8 @@ class TuneSpec:
         self.study_name = settings.study_name or study_dir.resolve().name
         self.objective = settings.objective or monitor_key(base_config)
         self.search: dict[str, Param] = dict(settings.search)
-        self.cli_keys: tuple[str, ...] = ()
+        #: the tuning-file keys set on the command line (their errors blame it)
+        self.cli_keys: tuple[str, ...] = tuple(cli_keys)
 
     @property
     def objective_column(self) -> str:
@@ -422,8 +424,7 @@ def load_tune(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TuneSpe
     base_raw, base_keys = apply_overrides(copy.deepcopy(base_raw), base_overrides)
     base_config = validate(base_raw, Sources(base_source, base_keys))
     study_dir = Path(settings.study_dir or Path("studies") / Path(path).stem)
-    spec = TuneSpec(settings, source, base_raw, base_source, base_config, study_dir)
-    spec.cli_keys = tuple(cli_keys)
+    spec = TuneSpec(settings, source, base_raw, base_source, base_config, study_dir, cli_keys)
     spec.check()
     return spec
 
