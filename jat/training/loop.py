@@ -81,7 +81,11 @@ def train(
 
     The run directory is claimed (or, to resume, locked) before any other work; SIGINT and
     SIGTERM stop the run cleanly at the next step (:class:`TrainingInterrupted`, checkpoints
-    kept). ``hooks`` (for tests and tools): ``after_step(epoch, step_in_epoch, state)``.
+    kept). ``hooks`` (for tests and tools): ``after_step(epoch, step_in_epoch, state)``, and
+    ``after_evaluation(epoch, row)`` after each epoch with a validation (``row``: a copy of its
+    metrics row, ``val_*`` figures and ``elapsed`` included). When ``after_evaluation`` returns a
+    true value the run stops after that epoch as a complete run (stop reason ``"hook"``): its
+    checkpoints, ``summary.json`` and best model are written as for any other stop.
     """
     with stop_on_signals() as stop:
         run, cfg = _open_run(config, resume)
@@ -283,7 +287,8 @@ def _train(
         t_epoch = time.monotonic()
         state, row = trainer.run_epoch(state, epoch, epochs, prog.step, schedule)
         improved = False
-        if epoch % cfg.training.eval_every == 0 or epoch == epochs:
+        evaluated = epoch % cfg.training.eval_every == 0 or epoch == epochs
+        if evaluated:
             val = trainer.evaluate(state.ema, "validation")
             row.update({f"val_{k}": v for k, v in val.items()})
             score = val.get(key, row["train_loss"] if key == "loss" else None)
@@ -303,6 +308,9 @@ def _train(
             run.save_checkpoint("best", ema_pot, None, prog)
         run.append_row(row)
         rows.append(row)
+        hook = hooks.get("after_evaluation")
+        if evaluated and hook is not None and hook(epoch, dict(row)):
+            prog = dataclasses.replace(prog, stop_reason="hook")
         if budget is not None and epoch == planning.REPLAN_EPOCH and not prog.replanned:
             epochs, note = planning.replan(rows, epochs, budget - elapsed(), cfg.training.epochs)
             if note:

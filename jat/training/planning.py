@@ -70,6 +70,8 @@ def describe_stop(progress: RunProgress, patience: int | None) -> str:
     """The stop reason of a complete run in words."""
     if progress.stop_reason == "patience":
         return f"no improvement in {patience} evaluations"
+    if progress.stop_reason == "hook":
+        return "stopped by a hook (e.g. a pruned hyperparameter-search trial)"
     if progress.stop_reason == "time_budget":
         planned = progress.planned_epochs or progress.epoch
         if progress.epoch < planned:

@@ -7,8 +7,9 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
-StopReason = Literal["epochs", "patience", "time_budget"]
-STOP_REASONS: tuple[str, ...] = ("epochs", "patience", "time_budget")
+#: "hook": an ``after_evaluation`` hook of :func:`jat.training.train` asked the run to stop
+StopReason = Literal["epochs", "patience", "time_budget", "hook"]
+STOP_REASONS: tuple[str, ...] = ("epochs", "patience", "time_budget", "hook")
 
 
 @dataclasses.dataclass(frozen=True)

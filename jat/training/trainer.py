@@ -405,7 +405,14 @@ class Trainer:
 
     def monitor_key(self) -> str:
         """The validation figure that decides the best epoch."""
-        monitor = self.cfg.training.monitor
-        if monitor == "auto":
-            monitor = "forces_mae" if self.cfg.loss.forces_weight > 0 else "energy_mae"
-        return {"energy_mae": "energy_atom_mae"}.get(monitor, monitor)
+        return monitor_key(self.cfg)
+
+
+def monitor_key(cfg: Config) -> str:
+    """The validation figure that decides the best epoch of a run of ``cfg``: a key of the
+    evaluation figures (``forces_mae``, ``energy_atom_mae`` or ``loss``; per-epoch metric rows
+    hold it as ``val_<key>``)."""
+    monitor = cfg.training.monitor
+    if monitor == "auto":
+        monitor = "forces_mae" if cfg.loss.forces_weight > 0 else "energy_mae"
+    return {"energy_mae": "energy_atom_mae"}.get(monitor, monitor)
