@@ -162,7 +162,10 @@ def allocate(
     periodic_heights = [float(h[k]) for _, h in geometry for k in range(3) if pbc[k]]
     check_search_size(spec, pos.shape[1], min(periodic_heights, default=None))
     if capacity is None:
-        count = _estimate(cells, masks, geometry, spec) if estimate else _count(pos, cells, masks, spec)
+        if estimate:
+            count = _estimate(cells, masks, geometry, spec)
+        else:
+            count = _count(pos, cells, masks, spec)
         capacity = capacity_bucket(count * headroom)
     return dataclasses.replace(spec, capacity=int(capacity))
 
