@@ -7,7 +7,12 @@ into the physical quantities, for every evaluation path of jat:
 
 the derivative with respect to a symmetric strain ε of structure g applied to its positions and
 cell (:meth:`Graph.deformed`). A leading model axis (several parameter sets on one graph, e.g. a
-committee) is :func:`predict_committee`, the same function under ``vmap``. The per-species
+committee) is :func:`predict_committee`, the same function under ``vmap``. A network with K
+readout heads (a shallow ensemble: one shared representation, K last layers) gives the same
+leading member axis K from :func:`predict` itself: K per-head energies from one forward pass and
+K per-head forces (and virials) from K backward passes of it (the vector-Jacobian product
+vmapped over K one-hot cotangents), so every path treats both kinds of committee alike. The
+per-species
 composition term Σ μ_Z is not part of the compiled function: it is added in float64 on the host
 (:func:`composition_energy`), so large reference energies never pass through float32.
 """
@@ -53,8 +58,12 @@ def predict(
     """Predictions of ``model`` with ``params`` (and per-species scale (S,) eV) on ``graph``.
 
     Jittable and differentiable (training differentiates through it with respect to
-    ``params``). ``stress`` computes the virial of every structure of the graph.
+    ``params``). ``stress`` computes the virial of every structure of the graph. A model with
+    K > 1 readout heads gives predictions with a leading member axis K (see
+    :func:`predict_heads`).
     """
+    if model.heads > 1:
+        return predict_heads(model, params, scale, graph, forces=forces, stress=stress)
     n_graphs = graph.n_graphs
 
     def energy(positions, strain):
@@ -79,6 +88,49 @@ def predict(
         _, (e, extras) = energy(graph.positions, strain)
     total = jax.ops.segment_sum(e, graph.node_graph, n_graphs)
     return Predictions(energy=total, energies=e, forces=f, virial=virial, extras=extras)
+
+
+def predict_heads(
+    model: EnergyModel,
+    params: Any,
+    scale: jax.Array,
+    graph: Graph,
+    *,
+    forces: bool = True,
+    stress: bool = False,
+) -> Predictions:
+    """:func:`predict` of a model with K readout heads: every output with a leading axis K
+    (energy (K, G), energies (K, N), forces (K, N, 3), virial (K, G, 3, 3); extras, which the
+    heads share, broadcast to K). One forward pass; forces and virials from the K rows of the
+    Jacobian of the heads' totals, one vmapped backward pass per head."""
+    n_graphs, heads = graph.n_graphs, model.heads
+
+    def energy(positions, strain):
+        g = dataclasses.replace(graph, positions=positions)
+        if stress:
+            g = g.deformed(strain)
+        e, extras = model.outputs(params, scale, g)
+        return jnp.sum(e, axis=0), (e, extras)
+
+    strain = jnp.zeros((n_graphs, 3, 3), graph.positions.dtype)
+    f = virial = None
+    if forces or stress:
+        if stress:
+            totals, vjp, (e, extras) = jax.vjp(energy, graph.positions, strain, has_aux=True)
+        else:
+            totals, vjp, (e, extras) = jax.vjp(
+                lambda r: energy(r, strain), graph.positions, has_aux=True
+            )
+        grads = jax.vmap(vjp)(jnp.eye(heads, dtype=totals.dtype))
+        if forces:
+            f = -grads[0]
+        if stress:
+            virial = grads[1]
+    else:
+        _, (e, extras) = energy(graph.positions, strain)
+    total = jax.ops.segment_sum(e, graph.node_graph, n_graphs).T
+    extras = {k: jnp.broadcast_to(v, (heads, *jnp.shape(v))) for k, v in extras.items()}
+    return Predictions(energy=total, energies=e.T, forces=f, virial=virial, extras=extras)
 
 
 def predict_committee(
@@ -109,7 +161,9 @@ def predict_any(
     stress: bool = False,
 ) -> Predictions:
     """:func:`predict_committee` when ``committee`` (params with a leading member axis), else
-    :func:`predict`: what a path that serves both single potentials and committees calls."""
+    :func:`predict`: what a path that serves both single potentials and committees calls. A
+    shallow ensemble (K readout heads, one parameter set) is ``committee=False``: its
+    predictions get their member axis from the heads."""
     run = predict_committee if committee else predict
     return run(model, params, scale, graph, forces=forces, stress=stress)
 
@@ -137,5 +191,6 @@ __all__ = [
     "predict",
     "predict_any",
     "predict_committee",
+    "predict_heads",
     "stress_from_virial",
 ]
