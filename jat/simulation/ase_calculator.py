@@ -53,7 +53,8 @@ def calculator_step(
 ):
     """One step: the skin list updated to ``positions`` (N, 3) and ``cell`` (3, 3), the model
     graph compacted from it and the predictions (with a leading member axis for a
-    ``committee``); returns (predictions, list)."""
+    ``committee``, parameters stacked on it, or a model with several readout heads); returns
+    (predictions, list)."""
     neighbors = neighbors.update(positions, cell, check_slots=False)  # graph() checks them
     g, error = neighbors.graph(species, positions, cell)
     neighbors = dataclasses.replace(neighbors, error=neighbors.error | error)
@@ -264,7 +265,7 @@ class JATCalculator(Calculator):
         species[: s.n_atoms] = s.species
         with precision(pot.dtype):
             params, scale = pot.device_constants()
-            committee = bool(pot.members)
+            committee = pot.stacked  # a shallow ensemble's heads give the member axis
             fn = pot.compiled.get(
                 ("calculator", stress),
                 lambda: jax.jit(
