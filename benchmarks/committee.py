@@ -15,7 +15,9 @@ For each model, measured interleaved (one member, then the committee, repeated) 
 A shallow ensemble (``--kinds shallow``: one network with K readout heads) is measured the same
 way (its K per-head forces are K backward passes of one forward pass), and also energy only
 (``model_energy_ms``: the heads' energies and energy σ from one forward pass, against one
-model's energy); its training step is the one ``kind: shallow`` trains with (loss of the mean
+model's energy) and with the forces of the heads' mean only (``model_mean_forces_ms``,
+``member_forces=False``: energy σ, mean forces from one backward pass, against one model's
+energy and forces); its training step is the one ``kind: shallow`` trains with (loss of the mean
 plus the heads' NLL).
 
 Targets (4 members): deep inference at most 2.5× one member's time and training at most 3.5× per
@@ -81,10 +83,13 @@ def inference_calls(single: jat.Potential, committee: jat.Potential, atoms):
             run = predict_committee if pot.stacked else predict
             fn = jax.jit(functools.partial(run, pot.energy_model, forces=True))
             fn_e = jax.jit(functools.partial(run, pot.energy_model, forces=False))
+            fn_m = jax.jit(functools.partial(run, pot.energy_model, forces=True,
+                                             member_forces=False))
         out[name] = (
             _blocking(lambda fn=fn, params=params, scale=scale, g=g: fn(params, scale, g)),
             lambda pot=pot: pot.compute(atoms, stress=False),
             _blocking(lambda fn=fn_e, params=params, scale=scale, g=g: fn(params, scale, g)),
+            _blocking(lambda fn=fn_m, params=params, scale=scale, g=g: fn(params, scale, g)),
         )
     return out
 
@@ -134,12 +139,13 @@ def measure(name: str, structures, members: int, repeats: int, epochs: int, batc
     for which in calls.values():  # compile
         for call in which:
             call()
-    times = {(w, k): [] for w in calls for k in ("model", "compute", "energy")}
+    times = {(w, k): [] for w in calls for k in ("model", "compute", "energy", "mean")}
     for _ in range(repeats):
-        for w, (model_call, compute_call, energy_call) in calls.items():
+        for w, (model_call, compute_call, energy_call, mean_call) in calls.items():
             times[(w, "model")].append(_time(model_call))
             times[(w, "compute")].append(_time(compute_call))
             times[(w, "energy")].append(_time(energy_call))
+            times[(w, "mean")].append(_time(mean_call))
     med = {key: statistics.median(v) * 1e3 for key, v in times.items()}
     train = {w: training_epochs(p, structures, batch) for w, p in
              (("single", single), ("committee", committee))}
@@ -157,12 +163,16 @@ def measure(name: str, structures, members: int, repeats: int, epochs: int, batc
         "model_energy_ms": {
             "single": med[("single", "energy")], "committee": med[("committee", "energy")]
         },
+        "model_mean_forces_ms": {
+            "single": med[("single", "mean")], "committee": med[("committee", "mean")]
+        },
         "compute_ms": {
             "single": med[("single", "compute")], "committee": med[("committee", "compute")]
         },
         "epoch_s": epoch_med,
         "model_ratio": med[("committee", "model")] / med[("single", "model")],
         "model_energy_ratio": med[("committee", "energy")] / med[("single", "energy")],
+        "model_mean_forces_ratio": med[("committee", "mean")] / med[("single", "model")],
         "compute_ratio": med[("committee", "compute")] / med[("single", "compute")],
         "training_ratio": epoch_med["committee"] / epoch_med["single"],
     }
@@ -202,7 +212,8 @@ def main() -> int:
                   f"{r['compute_ms']['single']:7.1f}/{r['compute_ms']['committee']:<8.1f} "
                   f"{r['epoch_s']['single']:6.2f}/{r['epoch_s']['committee']:<7.2f} "
                   f"{r['model_ratio']:5.2f}/{r['model_energy_ratio']:5.2f}/"
-                  f"{r['compute_ratio']:5.2f}/{r['training_ratio']:5.2f}")
+                  f"{r['compute_ratio']:5.2f}/{r['training_ratio']:5.2f}; mean forces "
+                  f"{r['model_mean_forces_ratio']:5.2f}")
     summary = {
         "benchmark": "committee",
         "members": args.members,

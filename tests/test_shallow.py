@@ -295,3 +295,32 @@ def test_shallow_config_is_checked(cu_files, tmp_path):
         config_from_dict({"model": {**TINY, "readout_heads": 2}})
     one = _config(cu_files, tmp_path, {"kind": "shallow", "members": 1})
     assert one.model.ensemble.kind == "shallow"
+
+
+@pytest.mark.compile_group("shallow")
+def test_forces_std_false_gives_the_mean_forces_from_one_backward_pass():
+    pot = _shallow()
+    atoms = _crystal()
+    full = pot.compute(atoms, members=True)
+    cheap = pot.compute(atoms, forces_std=False, members=True)
+    np.testing.assert_allclose(cheap.forces, full.forces, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(cheap.stress, full.stress, rtol=1e-9, atol=1e-12)
+    assert cheap.energy_std == pytest.approx(full.energy_std, rel=1e-12)
+    assert cheap.forces_std is None and cheap.stress_std is None
+    assert cheap.members.forces is None and cheap.members.energy.shape == (K,)
+    batch = pot.compute_batch([atoms, random_crystal(7, seed=9, length=8.0)],
+                              forces_std=False)
+    np.testing.assert_allclose(batch[0].forces, full.forces, rtol=1e-9, atol=1e-10)
+    a = atoms.copy()
+    a.calc = pot.calculator(forces_std=False, members=True)
+    a.get_potential_energy()
+    res = a.calc.results
+    assert "forces_std" not in res and "stress_std" not in res and "forces_members" not in res
+    np.testing.assert_allclose(res["forces"], full.forces, rtol=1e-9, atol=1e-10)
+    assert res["energy_std"] == pytest.approx(full.energy_std, rel=1e-9)
+    with pytest.raises(ValueError, match="guard needs the force"):
+        pot.calculator(forces_std=False, guard=1.0)
+    deep = jat.Potential.create("schnet", SPECIES, CUTOFF, members=2, dtype="float64", **SMALL)
+    d_full, d_cheap = deep.compute(atoms), deep.compute(atoms, forces_std=False)
+    np.testing.assert_allclose(d_cheap.forces, d_full.forces, rtol=1e-9, atol=1e-10)
+    assert d_cheap.forces_std is None

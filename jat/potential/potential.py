@@ -38,6 +38,7 @@ from jat.potential.results import (
     Results,
     committee_results,
     member_results,
+    shared_results,
     with_z_scores,
 )
 from jat.predictor import composition_energy, predict_any, stress_from_virial
@@ -369,6 +370,7 @@ class Potential:
         stress: bool | None = None,
         members: bool = False,
         calibrated: bool = True,
+        forces_std: bool = True,
     ) -> Results:
         """Energy, per-atom energies, forces and stress of one structure.
 
@@ -380,13 +382,16 @@ class Potential:
 
         For a committee the results are the members' means with their σ (``energy_std``, …;
         calibrated unless ``calibrated=False``), and ``members=True`` adds every member's values.
+        ``forces_std=False``: forces and stress are the members' mean without σ (energy σ
+        stays); for a shallow ensemble that is one backward pass instead of K (about one
+        model's cost).
         """
         s = structure_arrays(
             self.species_table, atoms, positions=positions, numbers=numbers, symbols=symbols,
             cell=cell, pbc=pbc,
         )
         return self._evaluate([s], forces, stress, pad=False, members=members,
-                              calibrated=calibrated)[0]
+                              calibrated=calibrated, forces_std=forces_std)[0]
 
     def compute_batch(
         self,
@@ -396,12 +401,13 @@ class Potential:
         stress: bool | None = None,
         members: bool = False,
         calibrated: bool = True,
+        forces_std: bool = True,
     ) -> list[Results]:
         """Evaluate several ASE ``Atoms`` in one compiled call over a padded batch.
 
         The batch is one disjoint graph (neighbour lists built per structure, under ``vmap``).
         All structures must share their ``pbc``. Atoms are padded to a multiple of 8 per batch.
-        ``members`` and ``calibrated`` as in :meth:`compute`.
+        ``members``, ``calibrated`` and ``forces_std`` as in :meth:`compute`.
         """
         ss = []
         for k, atoms in enumerate(structures):
@@ -418,7 +424,7 @@ class Potential:
                     "batch structures with the same periodicity together"
                 )
         return self._evaluate(ss, forces, stress, pad=True, members=members,
-                              calibrated=calibrated)
+                              calibrated=calibrated, forces_std=forces_std)
 
     def energy(self, atoms: Any) -> float:
         """Total energy (eV) of an ASE ``Atoms``."""
@@ -561,8 +567,10 @@ class Potential:
         pad: bool,
         members: bool = False,
         calibrated: bool = True,
+        forces_std: bool = True,
     ) -> list[Results]:
         """Results of structures sharing one pbc; ``stress=None`` means "if fully periodic"."""
+        each = bool(forces_std) or not self.members  # per-member forces and stress
         pbc = ss[0].pbc
         periodic = all(pbc)
         want_stress = periodic if stress is None else bool(stress)
@@ -587,7 +595,9 @@ class Potential:
             params, scale = self.device_constants()
             args = (pos.astype(dt), species, cell.astype(dt))
             out, spec = graph.fit(
-                lambda spec: self._compiled(spec, forces, want_stress)(params, scale, *args),
+                lambda spec: self._compiled(spec, forces, want_stress, each)(
+                    params, scale, *args
+                ),
                 self.compiled.peek(spec_key) or allocate(),
                 allocate,
                 error=lambda out: out[1].error,
@@ -616,14 +626,17 @@ class Potential:
             for r, s in zip(out, ss, strict=True)
         ]
 
-    def _compiled(self, spec: graph.NeighborSpec, forces: bool, stress: bool):
+    def _compiled(
+        self, spec: graph.NeighborSpec, forces: bool, stress: bool, member_forces: bool = True
+    ):
         def make():
             f = functools.partial(
-                evaluate_batch, self.energy_model, spec, forces, stress, self.stacked
+                evaluate_batch, self.energy_model, spec, forces, stress, self.stacked,
+                member_forces=member_forces,
             )
             return jax.jit(f)
 
-        return self.compiled.get(("evaluate", spec, forces, stress), make)
+        return self.compiled.get(("evaluate", spec, forces, stress, member_forces), make)
 
     def _results(self, p, s: StructureArrays, k: int, n: int, forces: bool, stress: bool):
         rows = slice(k * n, k * n + s.n_atoms)
@@ -638,12 +651,11 @@ class Potential:
         self, p, s: StructureArrays, k: int, n: int, forces: bool, stress: bool,
         members: bool, calibrated: bool,
     ) -> Results:
-        each = member_results(
-            p, k, slice(k * n, k * n + s.n_atoms), s, self.energy_shift, self.members, forces,
-            stress,
-        )
+        rows = slice(k * n, k * n + s.n_atoms)
+        each = member_results(p, k, rows, s, self.energy_shift, self.members, forces, stress)
+        mean_forces, mean_stress = shared_results(p, k, rows, s, forces, stress)
         cal = self.calibration if calibrated else Calibration()
-        return committee_results(each, cal, members)
+        return committee_results(each, cal, members, mean_forces, mean_stress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,7 +663,8 @@ class Potential:
 
 
 def evaluate_batch(
-    model, spec, forces, stress, committee, params, scale, positions, species, cell
+    model, spec, forces, stress, committee, params, scale, positions, species, cell,
+    member_forces=True,
 ):
     """Predictions and neighbour lists of a padded batch (B structures of n atom slots):
     positions (B, n, 3) Å, species (B, n) (−1 = padding), cell (B, 3, 3). The lists are built
@@ -666,7 +679,8 @@ def evaluate_batch(
         species, positions, cell, nbrs.senders, nbrs.receivers, nbrs.shifts, nbrs.mask
     )
     predictions = predict_any(
-        model, params, scale, g, committee=committee, forces=forces, stress=stress
+        model, params, scale, g, committee=committee, forces=forces, stress=stress,
+        member_forces=member_forces,
     )
     return predictions, nbrs
 
