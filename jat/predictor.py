@@ -7,7 +7,12 @@ into the physical quantities, for every evaluation path of jat:
 
 the derivative with respect to a symmetric strain ε of structure g applied to its positions and
 cell (:meth:`Graph.deformed`). A leading model axis (several parameter sets on one graph, e.g. a
-committee) is :func:`predict_committee`, the same function under ``vmap``. The per-species
+committee) is :func:`predict_committee`, the same function under ``vmap``. A network with K
+readout heads (a shallow ensemble: one shared representation, K last layers) gives the same
+leading member axis K from :func:`predict` itself: K per-head energies from one forward pass and
+K per-head forces (and virials) from K backward passes of it (the vector-Jacobian product
+with each of K one-hot cotangents), so every path treats both kinds of committee alike. The
+per-species
 composition term Σ μ_Z is not part of the compiled function: it is added in float64 on the host
 (:func:`composition_energy`), so large reference energies never pass through float32.
 """
@@ -32,7 +37,8 @@ from jat.models.energy import EnergyModel
 class Predictions:
     """energy (G,) eV and energies (N,) eV without the composition shift; forces (N, 3) eV/Å or
     None; virial (G, 3, 3) eV or None (stress = virial / volume); extras: the network's further
-    per-atom outputs by name. With a leading model axis every array has one more axis in front."""
+    per-atom outputs by name. With a leading model axis every array has one more axis in front
+    (except forces and virial when predicted with ``member_forces=False``: the members' mean)."""
 
     energy: jax.Array
     energies: jax.Array
@@ -49,12 +55,19 @@ def predict(
     *,
     forces: bool = True,
     stress: bool = False,
+    member_forces: bool = True,
 ) -> Predictions:
     """Predictions of ``model`` with ``params`` (and per-species scale (S,) eV) on ``graph``.
 
     Jittable and differentiable (training differentiates through it with respect to
-    ``params``). ``stress`` computes the virial of every structure of the graph.
+    ``params``). ``stress`` computes the virial of every structure of the graph. A model with
+    K > 1 readout heads gives predictions with a leading member axis K (see
+    :func:`predict_heads`).
     """
+    if model.heads > 1:
+        return predict_heads(
+            model, params, scale, graph, forces=forces, stress=stress, member_forces=member_forces
+        )
     n_graphs = graph.n_graphs
 
     def energy(positions, strain):
@@ -81,6 +94,58 @@ def predict(
     return Predictions(energy=total, energies=e, forces=f, virial=virial, extras=extras)
 
 
+def predict_heads(
+    model: EnergyModel,
+    params: Any,
+    scale: jax.Array,
+    graph: Graph,
+    *,
+    forces: bool = True,
+    stress: bool = False,
+    member_forces: bool = True,
+) -> Predictions:
+    """:func:`predict` of a model with K readout heads: every output with a leading axis K
+    (energy (K, G), energies (K, N), forces (K, N, 3), virial (K, G, 3, 3); extras, which the
+    heads share, broadcast to K). One forward pass; forces and virials from the K rows of the
+    Jacobian of the heads' totals, one backward pass per head. ``member_forces=False``:
+    forces (N, 3) and virial (G, 3, 3) of the heads' mean only, from one backward pass (about
+    one model's cost; the energies keep their member axis)."""
+    n_graphs, heads = graph.n_graphs, model.heads
+
+    def energy(positions, strain):
+        g = dataclasses.replace(graph, positions=positions)
+        if stress:
+            g = g.deformed(strain)
+        e, extras = model.outputs(params, scale, g)
+        return jnp.sum(e, axis=0), (e, extras)
+
+    strain = jnp.zeros((n_graphs, 3, 3), graph.positions.dtype)
+    f = virial = None
+    if forces or stress:
+        if stress:
+            totals, vjp, (e, extras) = jax.vjp(energy, graph.positions, strain, has_aux=True)
+        else:
+            totals, vjp, (e, extras) = jax.vjp(
+                lambda r: energy(r, strain), graph.positions, has_aux=True
+            )
+        if member_forces:
+            # K backward passes, unrolled: on XLA:CPU 1.2x faster than one vmapped pass over
+            # K one-hot cotangents, and 2.5x faster under the training gradient (SchNet, EAN)
+            rows = [vjp(jnp.eye(heads, dtype=totals.dtype)[k]) for k in range(heads)]
+            grads = jax.tree.map(lambda *g: jnp.stack(g), *rows)
+        else:  # the gradient of the heads' mean: one backward pass
+            grads = vjp(jnp.full((heads,), 1.0 / heads, totals.dtype))
+        if forces:
+            f = -grads[0]
+        if stress:
+            virial = grads[1]
+    else:
+        _, (e, extras) = energy(graph.positions, strain)
+    total = jax.ops.segment_sum(e, graph.node_graph, n_graphs).T
+    extras = {k: jnp.broadcast_to(v, (heads, *jnp.shape(v))) for k, v in extras.items()}
+    return Predictions(energy=total, energies=e.T, forces=f, virial=virial, extras=extras)
+
+
 def predict_committee(
     model: EnergyModel,
     params: Any,
@@ -89,13 +154,22 @@ def predict_committee(
     *,
     forces: bool = True,
     stress: bool = False,
+    member_forces: bool = True,
 ) -> Predictions:
     """:func:`predict` for K parameter sets stacked on a leading axis of every leaf of
     ``params``, on one graph (shared, not copied); every output gains a leading axis K.
-    ``scale`` is (S,) shared by the members or (K, S), one row per member."""
+    ``scale`` is (S,) shared by the members or (K, S), one row per member.
+    ``member_forces=False`` averages forces and virial over the members (no saving)."""
     one = functools.partial(predict, model, forces=forces, stress=stress)
     scale_axis = 0 if jnp.ndim(scale) == 2 else None
-    return jax.vmap(one, in_axes=(0, scale_axis, None))(params, scale, graph)
+    p = jax.vmap(one, in_axes=(0, scale_axis, None))(params, scale, graph)
+    if member_forces:
+        return p
+    return dataclasses.replace(
+        p,
+        forces=None if p.forces is None else jnp.mean(p.forces, axis=0),
+        virial=None if p.virial is None else jnp.mean(p.virial, axis=0),
+    )
 
 
 def predict_any(
@@ -107,11 +181,16 @@ def predict_any(
     committee: bool,
     forces: bool = True,
     stress: bool = False,
+    member_forces: bool = True,
 ) -> Predictions:
     """:func:`predict_committee` when ``committee`` (params with a leading member axis), else
-    :func:`predict`: what a path that serves both single potentials and committees calls."""
+    :func:`predict`: what a path that serves both single potentials and committees calls. A
+    shallow ensemble (K readout heads, one parameter set) is ``committee=False``: its
+    predictions get their member axis from the heads."""
     run = predict_committee if committee else predict
-    return run(model, params, scale, graph, forces=forces, stress=stress)
+    return run(
+        model, params, scale, graph, forces=forces, stress=stress, member_forces=member_forces
+    )
 
 
 def composition_energy(energy_shift: np.ndarray, species: np.ndarray) -> Any:
@@ -137,5 +216,6 @@ __all__ = [
     "predict",
     "predict_any",
     "predict_committee",
+    "predict_heads",
     "stress_from_virial",
 ]

@@ -19,6 +19,7 @@ from jat.config import (
     parse_duration,
     template,
 )
+from jat.config.model_section import NOT_HYPER
 from jat.config.values import Section
 from jat.models import MODELS
 
@@ -219,7 +220,7 @@ def test_model_from_overrides_only():
 def test_every_model_accepts_its_hyperparameters():
     for name, cls in MODELS.items():
         for f in dataclasses.fields(cls):
-            if f.name in ("parent", "name", "num_species", "cutoff"):
+            if f.name in NOT_HYPER:  # set by Flax, data.species, cutoff or model.ensemble
                 continue
             if f.default is dataclasses.MISSING:  # required, or a default_factory
                 continue

@@ -50,8 +50,11 @@ DEFAULT_HYPER = FrozenMapping(layers=3, width=32, heads=1)
 _FILE_KEY = "jat.config.file"
 FILE_CONTEXT = {_FILE_KEY: True}
 #: Model-class fields that are not hyperparameters: set by Flax, or from data.species/model.cutoff.
-NOT_HYPER = frozenset({"parent", "name", "num_species", "cutoff"})
-_SET_ELSEWHERE = {"num_species": " (the number of elements in data.species or in the data)"}
+NOT_HYPER = frozenset({"parent", "name", "num_species", "cutoff", "readout_heads"})
+_SET_ELSEWHERE = {
+    "num_species": " (the number of elements in data.species or in the data)",
+    "readout_heads": " (set by model.ensemble: {kind: shallow, members: K})",
+}
 
 
 def model_classes() -> Mapping[str, type]:
@@ -199,23 +202,37 @@ def _range_check(cls: type, cutoff: float, hyper: Mapping[str, Any]) -> None:
 # The section
 
 
-ENSEMBLE_KINDS = ("deep",)
+ENSEMBLE_KINDS = ("deep", "shallow")
 
 
 class EnsembleConfig(Section):
-    """A committee trained in one run (members >= 2): K parameter sets with their own random
-    initialisation, trained together by one vmapped step on the same batches; saved as one
-    potential whose predictions are the members' mean and whose uncertainty their σ."""
+    """A committee trained in one run (members >= 2), saved as one potential whose predictions
+    are the members' mean and whose uncertainty their σ. deep: K parameter sets with their own
+    random initialisation, trained together by one vmapped step on the same batches. shallow:
+    one shared representation with K readout heads (the last readout layer has K outputs),
+    trained on the heads' mean and on a scoring rule of their spread (``loss.ensemble``)."""
 
     kind: Annotated[str, Choice(ENSEMBLE_KINDS)] = Field(
-        "deep", description="deep: K independent parameter sets of the model"
+        "deep",
+        description="deep: K independent parameter sets of the model; shallow: one network "
+        "with K readout heads, trained with loss.ensemble (nll or crps)",
     )
     members: Int(ge=1) = Field(1, description="committee size K (1: a single model)")
     bootstrap: Bool = Field(
         False,
         description="each member weights the training structures by its own bootstrap "
-        "resample counts (drawn once per run from the seed)",
+        "resample counts (drawn once per run from the seed; kind deep only)",
     )
+
+    @model_validator(mode="after")
+    def _bootstrap_needs_deep(self) -> EnsembleConfig:
+        if self.bootstrap and self.kind == "shallow" and self.members > 1:
+            raise Invalid(
+                "bootstrap needs kind: deep (a shallow ensemble's heads share one "
+                "representation and see the same structures)",
+                keys=("bootstrap", "kind"),
+            )
+        return self
 
 
 class ModelConfig(Section):

@@ -168,6 +168,15 @@ class LossConfig(Section):
     energy_alpha: Float(gt=0) = Field(
         0.01, description="log-cosh scale α of the energy per atom (eV/atom)"
     )
+    ensemble: Annotated[str, Choice(("nll", "crps"))] = Field(
+        "nll",
+        description="model.ensemble kind shallow: the score of the heads' spread added to the "
+        "loss of their mean, per energy per atom and force component: nll (Gaussian negative "
+        "log-likelihood) or crps (Gaussian continuous ranked probability score)",
+    )
+    ensemble_weight: Float(ge=0) = Field(
+        1.0, description="weight of the shallow ensemble's score relative to the loss of the mean"
+    )
 
     @model_validator(mode="after")
     def _something_trained(self) -> LossConfig:
@@ -300,6 +309,19 @@ class Config(Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _shallow_without_kfold(self) -> Config:
+        ensemble = getattr(self.model, "ensemble", None)
+        shallow = ensemble is not None and ensemble.kind == "shallow" and ensemble.members > 1
+        if shallow and self.data.split.kfold is not None:
+            raise Invalid(
+                "a shallow ensemble cannot be combined with data.split.kfold (the k fold "
+                "models would form a committee of shallow ensembles); use kind: deep, or "
+                "train the folds' shallow ensembles separately",
+                keys=("model.ensemble.kind", "data.split.kfold"),
+            )
+        return self
 
 
 def json_schema() -> dict[str, Any]:

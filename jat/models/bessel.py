@@ -412,6 +412,8 @@ class BesselNN(nn.Module):
             0 disables it).
         widths: widths of the core MLP (NeuralIL EAN: 64:32:16).
         core: "plain" (NeuralIL's ``Core``) or "residual" (NeuralIL 2023's ``ResNetCore``).
+        readout_heads: outputs of the last readout layer (1; K for a shallow ensemble, set by
+            ``model.ensemble: {kind: shallow, members: K}``): per-atom outputs (N, K).
     """
 
     num_species: int
@@ -420,6 +422,7 @@ class BesselNN(nn.Module):
     embed_dim: int = 2
     widths: Sequence[int] = (64, 32, 16)
     core: str = "plain"
+    readout_heads: int = 1
 
     def __post_init__(self):
         hyper.common(self.num_species, self.cutoff)
@@ -427,6 +430,7 @@ class BesselNN(nn.Module):
         hyper.integer("embed_dim", self.embed_dim, 0, hyper.MAX_WIDTH)
         hyper.widths("widths", self.widths, allow_empty=False)
         hyper.choice("core", self.core, CORES)
+        hyper.readout_heads(self.readout_heads)
         super().__post_init__()
 
     @nn.compact
@@ -466,5 +470,5 @@ class BesselNN(nn.Module):
                 x = ResidualBlock(w_in, w_out, identity=w_in == w_out and k > 0, name=f"block_{k}")(
                     x
                 )
-        y = nn.Dense(1, name="outlet")(x)[:, 0]
-        return jnp.where(node_mask, y, 0.0)
+        y = nn.Dense(self.readout_heads, name="outlet")(x)
+        return hyper.heads_output(y, self.readout_heads, node_mask)

@@ -225,11 +225,13 @@ def weighted_segment_softmax(
 class ReadoutMLP(nn.Module):
     """Per-atom pyramidal readout: (Dense → LayerNorm → swish) for each width, then Dense(1).
 
-    Input (N, F) → output (N,). The thesis widths are 64:32:16:16.
+    Input (N, F) → output (N,), or (N, ``heads``) with several heads (a shallow ensemble:
+    the last layer has ``heads`` outputs). The thesis widths are 64:32:16:16.
     """
 
     widths: Sequence[int] = (64, 32, 16, 16)
     layer_norm: bool = True
+    heads: int = 1
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -238,4 +240,5 @@ class ReadoutMLP(nn.Module):
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = swish(x)
-        return nn.Dense(1)(x)[..., 0]
+        y = nn.Dense(self.heads)(x)
+        return y[..., 0] if self.heads == 1 else y

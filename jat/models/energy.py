@@ -8,7 +8,9 @@ training step, the benchmarks) calls :meth:`EnergyModel.outputs` through
 The networks themselves (:mod:`jat.models`) take the graph's species and edge vectors, never
 absolute positions: translation invariance holds by construction. A network returns its per-atom
 energy outputs y_i (N,), or a mapping with ``"energy"`` (N,) and further named per-atom outputs
-(vectors, charges, …), which are passed through as ``extras``.
+(vectors, charges, …), which are passed through as ``extras``. A network with K readout heads
+(a shallow ensemble, ``readout_heads`` = K) returns (N, K): K per-atom energies of one shared
+representation, scaled and shifted alike.
 """
 
 from __future__ import annotations
@@ -32,11 +34,16 @@ class EnergyModel:
     network: nn.Module
     repulsion: ZBL | None = None
 
+    @property
+    def heads(self) -> int:
+        """K, the network's readout heads (1 for a single output per atom)."""
+        return int(getattr(self.network, "readout_heads", 1))
+
     def outputs(
         self, params, scale: jax.Array, graph: Graph
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """E_i = s_Z y_i + V_rep,i in eV, (N,), 0 on padded atoms, and the network's further
-        outputs (a dict, empty for the energy-only models).
+        """E_i = s_Z y_i + V_rep,i in eV, (N,) (or (N, K) for K readout heads), 0 on padded
+        atoms, and the network's further outputs (a dict, empty for the energy-only models).
 
         scale (S,) s_Z in eV. The composition shift μ_Z is not included (it is added in float64
         by the caller, :func:`jat.predictor.composition_energy`).
@@ -50,12 +57,17 @@ class EnergyModel:
             extras = {k: v for k, v in y.items() if k != "energy"}
             y = y["energy"]
         species = graph.species
-        e = y * scale[jnp.maximum(species, 0)]
+        s = scale[jnp.maximum(species, 0)]
+        real = species >= 0
+        if y.ndim == 2:  # K heads: (N, K)
+            s, real = s[:, None], real[:, None]
+        e = y * s
         if self.repulsion is not None:
-            e = e + self.repulsion.atomic_energies(
+            rep = self.repulsion.atomic_energies(
                 species, vectors, graph.senders, graph.receivers, graph.edge_mask
             )
-        return jnp.where(species >= 0, e, 0.0), extras
+            e = e + (rep[:, None] if y.ndim == 2 else rep)
+        return jnp.where(real, e, 0.0), extras
 
     def atomic_energies(self, params, scale: jax.Array, graph: Graph) -> jax.Array:
         """(N,) per-atom energies E_i in eV (see :meth:`outputs`)."""

@@ -75,6 +75,25 @@ def widths(key: str, value: Any, *, allow_empty: bool) -> tuple[int, ...]:
     return tuple(integer(f"{key}[{k}]", w, 1, MAX_WIDTH) for k, w in enumerate(value))
 
 
+MAX_HEADS = 1024  # readout heads of a shallow ensemble
+
+
+def readout_heads(value: Any) -> int:
+    """The number of outputs of a model's last readout layer: 1, or K heads of a shallow
+    ensemble (per-atom outputs (N, K) instead of (N,))."""
+    return integer("readout_heads", value, 1, MAX_HEADS)
+
+
+def heads_output(y: Any, heads: int, node_mask: Any) -> Any:
+    """The last readout layer's output (N, K) as the model returns it: (N,) for one head, else
+    (N, K); 0 on padded atoms."""
+    import jax.numpy as jnp
+
+    if heads == 1:
+        return jnp.where(node_mask, y[:, 0], 0.0)
+    return jnp.where(node_mask[:, None], y, 0.0)
+
+
 def common(num_species: Any, cutoff: Any) -> None:
     """The two arguments every model takes from the potential."""
     integer("num_species", num_species, 1, MAX_SPECIES)
@@ -83,6 +102,7 @@ def common(num_species: Any, cutoff: Any) -> None:
 
 __all__ = [
     "MAX_BASIS",
+    "MAX_HEADS",
     "MAX_LAYERS",
     "MAX_SPECIES",
     "MAX_WIDTH",
@@ -91,6 +111,8 @@ __all__ = [
     "choice",
     "common",
     "integer",
+    "heads_output",
     "positive_number",
+    "readout_heads",
     "widths",
 ]

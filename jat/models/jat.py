@@ -106,6 +106,8 @@ class JAT(nn.Module):
         message: "filtered" (default: W_v h_j scaled by W_f φ(r_ij)) or "node" (the thesis).
         envelope: "polynomial" (C², default) or "cosine" (C¹).
         readout: widths of the pyramidal readout MLP before the final Dense(1).
+        readout_heads: outputs of the last readout layer (1; K for a shallow ensemble, set by
+            ``model.ensemble: {kind: shallow, members: K}``): per-atom outputs (N, K).
     """
 
     num_species: int
@@ -119,6 +121,7 @@ class JAT(nn.Module):
     message: str = "filtered"
     envelope: str = "polynomial"
     readout: Sequence[int] = (64, 32, 16, 16)
+    readout_heads: int = 1
 
     def __post_init__(self):
         hyper.common(self.num_species, self.cutoff)
@@ -134,6 +137,7 @@ class JAT(nn.Module):
         hyper.choice("message", self.message, MESSAGES)
         hyper.choice("envelope", self.envelope, tuple(ENVELOPES))
         hyper.widths("readout", self.readout, allow_empty=True)
+        hyper.readout_heads(self.readout_heads)
         super().__post_init__()
 
     @nn.compact
@@ -165,5 +169,6 @@ class JAT(nn.Module):
             h = JATLayer(self.width, self.heads, self.update, self.message, name=f"layer_{t}")(
                 h, phi, env, senders, receivers
             )
-        y = ReadoutMLP(tuple(self.readout), name="readout")(h)
-        return jnp.where(node_mask, y, 0.0)
+        y = ReadoutMLP(tuple(self.readout), heads=self.readout_heads, name="readout")(h)
+        mask = node_mask if self.readout_heads == 1 else node_mask[:, None]
+        return jnp.where(mask, y, 0.0)

@@ -142,6 +142,8 @@ class PaiNN(nn.Module):
         shared_filters: one filter network W(r) for every interaction instead of one each.
         dipole_head: also return per-atom charges and atomic dipoles (raw network outputs,
             rotating with the molecule) from two gated equivariant blocks.
+        readout_heads: outputs of the last readout layer (1; K for a shallow ensemble, set by
+            ``model.ensemble: {kind: shallow, members: K}``): per-atom outputs (N, K).
     """
 
     num_species: int
@@ -151,6 +153,7 @@ class PaiNN(nn.Module):
     num_rbf: int = 20
     shared_filters: bool = False
     dipole_head: bool = False
+    readout_heads: int = 1
 
     def __post_init__(self):
         hyper.common(self.num_species, self.cutoff)
@@ -159,6 +162,7 @@ class PaiNN(nn.Module):
         hyper.integer("num_rbf", self.num_rbf, 1, hyper.MAX_BASIS)
         hyper.boolean("shared_filters", self.shared_filters)
         hyper.boolean("dipole_head", self.dipole_head)
+        hyper.readout_heads(self.readout_heads)
         super().__post_init__()
 
     @nn.compact
@@ -203,8 +207,8 @@ class PaiNN(nn.Module):
             ds, dv = PaiNNUpdate(f, name=f"update_{k}")(s, v)
             s, v = s + ds, v + dv
         y = nn.Dense(f // 2, name="readout_1")(s)
-        y = nn.Dense(1, name="readout_2")(swish(y))[:, 0]
-        energy = jnp.where(node_mask, y, 0.0)
+        y = nn.Dense(self.readout_heads, name="readout_2")(swish(y))
+        energy = hyper.heads_output(y, self.readout_heads, node_mask)
         if not self.dipole_head:
             return energy
         hs, hv = GatedEquivariant(f // 2, name="dipole_1")(s, v)

@@ -61,6 +61,8 @@ class SchNet(nn.Module):
             ``num_rbf`` is given, else 10.
         filters: filter width (default = features).
         norm: None, "layernorm" or "rmsnorm", applied after every interaction.
+        readout_heads: outputs of the last readout layer (1; K for a shallow ensemble, set by
+            ``model.ensemble: {kind: shallow, members: K}``): per-atom outputs (N, K).
     """
 
     num_species: int
@@ -71,6 +73,7 @@ class SchNet(nn.Module):
     gamma: float | None = None
     filters: int | None = None
     norm: str | None = None
+    readout_heads: int = 1
 
     def __post_init__(self):
         hyper.common(self.num_species, self.cutoff)
@@ -83,6 +86,7 @@ class SchNet(nn.Module):
         if self.filters is not None:
             hyper.integer("filters", self.filters, 1, hyper.MAX_WIDTH)
         hyper.choice("norm", self.norm, NORMS)
+        hyper.readout_heads(self.readout_heads)
         super().__post_init__()
 
     @nn.compact
@@ -120,5 +124,5 @@ class SchNet(nn.Module):
             elif self.norm == "rmsnorm":
                 x = nn.RMSNorm(name=f"norm_{t}")(x)
         y = nn.Dense(self.features // 2, name="readout_1")(x)
-        y = nn.Dense(1, name="readout_2")(shifted_softplus(y))[:, 0]
-        return jnp.where(node_mask, y, 0.0)
+        y = nn.Dense(self.readout_heads, name="readout_2")(shifted_softplus(y))
+        return hyper.heads_output(y, self.readout_heads, node_mask)

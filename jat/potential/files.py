@@ -54,6 +54,7 @@ class Metadata:
     module_class: str | None
     num_params: int | None
     members: int | None = None
+    ensemble: str | None = None
     calibration: dict[str, Any] | None = None
     label_statistics: dict[str, Any] | None = None
 
@@ -81,6 +82,7 @@ def metadata_dict(potential: Any, jat_version: str) -> dict[str, Any]:
         "energy_scale": np.asarray(potential.energy_scale, np.float64).tolist(),
         "repulsion": None if potential.repulsion is None else potential.repulsion.to_dict(),
         "members": potential.members,
+        "ensemble": potential.ensemble,
         "calibration": potential.calibration.to_dict(),
         "label_statistics": None
         if potential.label_statistics is None
@@ -227,8 +229,14 @@ def read_metadata(directory: Path, known_models: Mapping[str, Any]) -> Metadata:
             f"must be null (one parameter set) or an integer from 2 to {MAX_MEMBERS}, "
             f"got {_show(members)}",
         )
-    shift = _reference(meta["energy_shift"], n, members, "energy_shift", bad)
-    scale = _reference(meta["energy_scale"], n, members, "energy_scale", bad)
+    ensemble = meta.get("ensemble")
+    if members is None and ensemble is not None:
+        raise bad("ensemble", f"must be null without members, got {_show(ensemble)}")
+    if members is not None and ensemble not in (None, "deep", "shallow"):
+        raise bad("ensemble", f"must be 'deep' or 'shallow', got {_show(ensemble)}")
+    rows = None if ensemble == "shallow" else members  # a shallow ensemble has one row
+    shift = _reference(meta["energy_shift"], n, rows, "energy_shift", bad)
+    scale = _reference(meta["energy_scale"], n, rows, "energy_scale", bad)
     calibration = meta.get("calibration")
     if calibration is not None and not isinstance(calibration, dict):
         raise bad("calibration", f"must be null or an object, got {_kind(calibration)}")
@@ -258,6 +266,7 @@ def read_metadata(directory: Path, known_models: Mapping[str, Any]) -> Metadata:
         module_class=module_class if isinstance(module_class, str) else None,
         num_params=num_params,
         members=members,
+        ensemble=ensemble,
         calibration=calibration,
         label_statistics=stats,
     )

@@ -38,6 +38,7 @@ from jat.potential.results import (
     Results,
     committee_results,
     member_results,
+    shared_results,
     with_z_scores,
 )
 from jat.predictor import composition_energy, predict_any, stress_from_virial
@@ -62,9 +63,11 @@ class Potential:
             "custom"; with ``model_kwargs`` it rebuilds the module on load.
         repulsion: None, or a fixed short-range pair term (:class:`jat.models.ZBL`) added to
             the network's energy everywhere the potential is evaluated or trained.
-        members: None for one parameter set; K for a committee, whose every parameter leaf has
-            a leading axis K (:meth:`committee`). Its predictions are the members' mean, its
-            uncertainty their standard deviation (:mod:`jat.uncertainty`).
+        members: None for one parameter set; K for a committee. A deep committee's every
+            parameter leaf has a leading axis K (:meth:`committee`); a shallow ensemble is one
+            parameter set whose module has K readout heads (``readout_heads`` = K, see
+            :attr:`ensemble`). Its predictions are the members' mean, its uncertainty their
+            standard deviation (:mod:`jat.uncertainty`).
         calibration: factors applied to a committee's σ (:class:`jat.uncertainty.Calibration`).
         label_statistics: the training labels' mean and standard deviation
             (:class:`jat.uncertainty.LabelStatistics`, set by training), for the z-scores in
@@ -90,6 +93,14 @@ class Potential:
         default_factory=CompiledCache, init=False, repr=False, compare=False
     )
 
+    def __post_init__(self):
+        heads = self.energy_model.heads
+        if heads > 1 and self.members != heads:
+            raise ValueError(
+                f"the module has {heads} readout heads (a shallow ensemble) but members is "
+                f"{self.members!r}; a shallow ensemble has members = readout_heads"
+            )
+
     # ---------------------------------------------------------------- construction
 
     @classmethod
@@ -102,6 +113,7 @@ class Potential:
         dtype: str = "float32",
         repulsion: str | Mapping[str, Any] | ZBL | None = None,
         members: int | None = None,
+        ensemble: str = "deep",
         **model_kwargs: Any,
     ) -> Potential:
         """Build a potential with freshly initialised parameters.
@@ -120,6 +132,8 @@ class Potential:
                 None/NaN or none are given (see :mod:`jat.models.repulsion`), for long MD.
             members: None for one parameter set, or K >= 2 for a committee of K members
                 initialised independently (from keys folded from ``seed``).
+            ensemble: with ``members``: "deep" (K parameter sets) or "shallow" (one shared
+                representation with K readout heads: the model's ``readout_heads`` = K).
             **model_kwargs: hyperparameters of the named model (see ``jat.models``), checked
                 (``jat.models.HyperparameterError`` names a bad one).
         """
@@ -127,10 +141,24 @@ class Potential:
         dtype = check_dtype(dtype)
         cutoff = check_cutoff(cutoff)
         members = check_members(members)
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be 'deep' or 'shallow', got {ensemble!r}")
+        if "readout_heads" in model_kwargs:
+            raise ValueError(
+                "readout_heads is set by members=K with ensemble='shallow', not directly"
+            )
+        shallow = ensemble == "shallow" and members is not None
+        if shallow and isinstance(model, str):
+            model_kwargs = {**model_kwargs, "readout_heads": members}
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         module, name, kwargs = _module(model, len(species), cutoff, model_kwargs)
-        params = init_params(module, int(seed), dtype, members)
+        if shallow and getattr(module, "readout_heads", 1) != members:
+            raise ValueError(
+                f"a shallow ensemble of {members} needs a module with readout_heads={members}, "
+                f"got {type(module).__name__} with {getattr(module, 'readout_heads', 1)}"
+            )
+        params = init_params(module, int(seed), dtype, None if shallow else members)
         n = len(species)
         return cls(
             module=module,
@@ -154,12 +182,18 @@ class Potential:
         dtype and repulsion), e.g. separately trained runs or k-fold models.
 
         Members that are committees themselves contribute each of their members. Energy
-        shifts and scales may differ between members (then they are kept per member).
+        shifts and scales may differ between members (then they are kept per member). Shallow
+        ensembles cannot be combined (their heads share one representation).
         """
         singles: list[Potential] = []
         for k, p in enumerate(potentials):
             if not isinstance(p, Potential):
                 raise TypeError(f"committee member {k} is {type(p).__name__}, not a Potential")
+            if p.ensemble == "shallow":
+                raise ValueError(
+                    f"committee member {k} is a shallow ensemble ({p.members} heads on one "
+                    "representation): a committee of shallow ensembles is not supported"
+                )
             singles.extend(p.member(m) for m in range(p.n_members))
         if len(singles) < 2:
             raise ValueError(f"a committee needs at least 2 members, got {len(singles)}")
@@ -198,15 +232,36 @@ class Potential:
 
     @property
     def n_members(self) -> int:
-        """The number of parameter sets: K for a committee, else 1."""
+        """The number of members: K for a committee (deep or shallow), else 1."""
         return self.members or 1
 
+    @property
+    def ensemble(self) -> str | None:
+        """None for a single potential; "deep" for K parameter sets; "shallow" for one
+        parameter set with K readout heads."""
+        if not self.members:
+            return None
+        return "shallow" if self.energy_model.heads > 1 else "deep"
+
+    @property
+    def stacked(self) -> bool:
+        """Whether every parameter leaf has a leading member axis (a deep committee)."""
+        return self.ensemble == "deep"
+
     def member(self, k: int) -> Potential:
-        """Member ``k`` of a committee as a single potential (k = 0 of a single one: itself)."""
+        """Member ``k`` of a deep committee as a single potential (k = 0 of a single one:
+        itself). A shallow ensemble's heads share one representation and are not potentials
+        of their own (ValueError): ``compute(..., members=True)`` gives each head's values."""
         if not self.members:
             if k != 0:
                 raise IndexError(f"a single potential has only member 0, not {k}")
             return self
+        if self.ensemble == "shallow":
+            raise ValueError(
+                f"member {k!r} of a shallow ensemble is not a potential of its own (its "
+                f"{self.members} heads share one representation); compute(..., members=True) "
+                "gives every head's values"
+            )
         if not (isinstance(k, (int, np.integer)) and 0 <= k < self.members):
             raise IndexError(f"member {k!r} out of range for a committee of {self.members}")
 
@@ -252,8 +307,9 @@ class Potential:
     ) -> Potential:
         """A copy with new per-species energy shift μ_Z and/or scale s_Z (eV), in species order."""
         n = len(self.species)
-        new_shift = self.energy_shift if shift is None else _vector(shift, n, "shift", self.members)
-        new_scale = self.energy_scale if scale is None else _vector(scale, n, "scale", self.members)
+        rows = self.members if self.stacked else None
+        new_shift = self.energy_shift if shift is None else _vector(shift, n, "shift", rows)
+        new_scale = self.energy_scale if scale is None else _vector(scale, n, "scale", rows)
         return dataclasses.replace(self, energy_shift=new_shift, energy_scale=new_scale)
 
     def with_repulsion(self, repulsion: str | Mapping[str, Any] | ZBL | None) -> Potential:
@@ -314,6 +370,7 @@ class Potential:
         stress: bool | None = None,
         members: bool = False,
         calibrated: bool = True,
+        forces_std: bool = True,
     ) -> Results:
         """Energy, per-atom energies, forces and stress of one structure.
 
@@ -325,13 +382,16 @@ class Potential:
 
         For a committee the results are the members' means with their σ (``energy_std``, …;
         calibrated unless ``calibrated=False``), and ``members=True`` adds every member's values.
+        ``forces_std=False``: forces and stress are the members' mean without σ (energy σ
+        stays); for a shallow ensemble that is one backward pass instead of K (about one
+        model's cost).
         """
         s = structure_arrays(
             self.species_table, atoms, positions=positions, numbers=numbers, symbols=symbols,
             cell=cell, pbc=pbc,
         )
         return self._evaluate([s], forces, stress, pad=False, members=members,
-                              calibrated=calibrated)[0]
+                              calibrated=calibrated, forces_std=forces_std)[0]
 
     def compute_batch(
         self,
@@ -341,12 +401,13 @@ class Potential:
         stress: bool | None = None,
         members: bool = False,
         calibrated: bool = True,
+        forces_std: bool = True,
     ) -> list[Results]:
         """Evaluate several ASE ``Atoms`` in one compiled call over a padded batch.
 
         The batch is one disjoint graph (neighbour lists built per structure, under ``vmap``).
         All structures must share their ``pbc``. Atoms are padded to a multiple of 8 per batch.
-        ``members`` and ``calibrated`` as in :meth:`compute`.
+        ``members``, ``calibrated`` and ``forces_std`` as in :meth:`compute`.
         """
         ss = []
         for k, atoms in enumerate(structures):
@@ -363,7 +424,7 @@ class Potential:
                     "batch structures with the same periodicity together"
                 )
         return self._evaluate(ss, forces, stress, pad=True, members=members,
-                              calibrated=calibrated)
+                              calibrated=calibrated, forces_std=forces_std)
 
     def energy(self, atoms: Any) -> float:
         """Total energy (eV) of an ASE ``Atoms``."""
@@ -468,7 +529,15 @@ class Potential:
                 stats = LabelStatistics.from_dict(meta.label_statistics)
         except (TypeError, ValueError) as err:
             raise files.PotentialFileError(f"{where} 'label_statistics': {err}") from None
-        template = jax.eval_shape(lambda: init_params(net, 0, "float32", meta.members))
+        heads = getattr(net, "readout_heads", 1)
+        kind = meta.ensemble or ("deep" if meta.members else None)
+        if (kind == "shallow") != (heads > 1) or (heads > 1 and heads != meta.members):
+            raise files.PotentialFileError(
+                f"{where} 'ensemble': {kind!r} with members {meta.members} does not match the "
+                f"model's readout_heads {heads}"
+            )
+        stacked = meta.members if kind == "deep" else None
+        template = jax.eval_shape(lambda: init_params(net, 0, "float32", stacked))
         raw = files.read_params(directory, template)
         with precision(meta.dtype):
             params = cast(raw, meta.dtype)
@@ -498,8 +567,10 @@ class Potential:
         pad: bool,
         members: bool = False,
         calibrated: bool = True,
+        forces_std: bool = True,
     ) -> list[Results]:
         """Results of structures sharing one pbc; ``stress=None`` means "if fully periodic"."""
+        each = bool(forces_std) or not self.members  # per-member forces and stress
         pbc = ss[0].pbc
         periodic = all(pbc)
         want_stress = periodic if stress is None else bool(stress)
@@ -528,7 +599,9 @@ class Potential:
             params, scale = self.device_constants()
             args = (pos.astype(dt), species, cell.astype(dt))
             out, spec = graph.fit(
-                lambda spec: self._compiled(spec, forces, want_stress)(params, scale, *args),
+                lambda spec: self._compiled(spec, forces, want_stress, each)(
+                    params, scale, *args
+                ),
                 self.compiled.peek(spec_key) or allocate(estimate=True),
                 allocate,
                 error=lambda out: out[1].error,
@@ -557,14 +630,17 @@ class Potential:
             for r, s in zip(out, ss, strict=True)
         ]
 
-    def _compiled(self, spec: graph.NeighborSpec, forces: bool, stress: bool):
+    def _compiled(
+        self, spec: graph.NeighborSpec, forces: bool, stress: bool, member_forces: bool = True
+    ):
         def make():
             f = functools.partial(
-                evaluate_batch, self.energy_model, spec, forces, stress, bool(self.members)
+                evaluate_batch, self.energy_model, spec, forces, stress, self.stacked,
+                member_forces=member_forces,
             )
             return jax.jit(f)
 
-        return self.compiled.get(("evaluate", spec, forces, stress), make)
+        return self.compiled.get(("evaluate", spec, forces, stress, member_forces), make)
 
     def _results(self, p, s: StructureArrays, k: int, n: int, forces: bool, stress: bool):
         rows = slice(k * n, k * n + s.n_atoms)
@@ -579,12 +655,11 @@ class Potential:
         self, p, s: StructureArrays, k: int, n: int, forces: bool, stress: bool,
         members: bool, calibrated: bool,
     ) -> Results:
-        each = member_results(
-            p, k, slice(k * n, k * n + s.n_atoms), s, self.energy_shift, self.members, forces,
-            stress,
-        )
+        rows = slice(k * n, k * n + s.n_atoms)
+        each = member_results(p, k, rows, s, self.energy_shift, self.members, forces, stress)
+        mean_forces, mean_stress = shared_results(p, k, rows, s, forces, stress)
         cal = self.calibration if calibrated else Calibration()
-        return committee_results(each, cal, members)
+        return committee_results(each, cal, members, mean_forces, mean_stress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,12 +667,14 @@ class Potential:
 
 
 def evaluate_batch(
-    model, spec, forces, stress, committee, params, scale, positions, species, cell
+    model, spec, forces, stress, committee, params, scale, positions, species, cell,
+    member_forces=True,
 ):
     """Predictions and neighbour lists of a padded batch (B structures of n atom slots):
     positions (B, n, 3) Å, species (B, n) (−1 = padding), cell (B, 3, 3). The lists are built
     inside, one per structure (vmapped), and the batch evaluated as one disjoint graph (by every
-    member of a ``committee``: a leading member axis on the predictions)."""
+    member of a ``committee``, or by a shallow ensemble's heads: a leading member axis on the
+    predictions)."""
     periodic = any(spec.pbc)
     nbrs = jax.vmap(graph.build, in_axes=(0, 0 if periodic else None, 0, None))(
         positions, cell if periodic else None, species >= 0, spec
@@ -606,7 +683,8 @@ def evaluate_batch(
         species, positions, cell, nbrs.senders, nbrs.receivers, nbrs.shifts, nbrs.mask
     )
     predictions = predict_any(
-        model, params, scale, g, committee=committee, forces=forces, stress=stress
+        model, params, scale, g, committee=committee, forces=forces, stress=stress,
+        member_forces=member_forces,
     )
     return predictions, nbrs
 
@@ -680,6 +758,9 @@ def init_params(module: nn.Module, seed: int, dtype: str, members: int | None = 
         params = init(key)
     with precision(dtype):
         return cast(params, dtype)
+
+
+ENSEMBLES = ("deep", "shallow")
 
 
 def check_members(members: Any) -> int | None:

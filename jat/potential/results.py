@@ -67,15 +67,28 @@ def member_results(
 ) -> MemberResults:
     """Every member's values for structure ``k`` (atom slots ``rows``) of a committee's
     predictions ``p`` (leading member axis, on the host), in float64 with the energy shift
-    μ_Z ((S,) shared or (K, S) per member) added."""
+    μ_Z ((S,) shared or (K, S) per member) added. Forces and stress predicted as the members'
+    mean only (``member_forces=False``) are left out here (see :func:`shared_results`)."""
     shift = np.asarray(energy_shift, np.float64)
     shift = np.broadcast_to(shift, (members, shift.shape[-1]))
+    each_forces = forces and p.forces.ndim == 3
+    each_stress = stress and p.virial.ndim == 4
     return MemberResults(
         energy=np.asarray(p.energy[:, k], np.float64) + composition_energy(shift, s.species),
         energies=np.asarray(p.energies[:, rows], np.float64) + shift[:, s.species],
-        forces=np.asarray(p.forces[:, rows], np.float64) if forces else None,
-        stress=np.stack([stress_from_virial(v[k], s.cell) for v in p.virial]) if stress else None,
+        forces=np.asarray(p.forces[:, rows], np.float64) if each_forces else None,
+        stress=np.stack([stress_from_virial(v[k], s.cell) for v in p.virial])
+        if each_stress
+        else None,
     )
+
+
+def shared_results(p: Any, k: int, rows: slice, s: StructureArrays, forces: bool, stress: bool):
+    """(forces (N, 3) or None, stress (3, 3) or None): the members' mean forces and stress of
+    structure ``k`` where they were predicted without a member axis (``member_forces=False``)."""
+    f = np.asarray(p.forces[rows], np.float64) if forces and p.forces.ndim == 2 else None
+    st = stress_from_virial(p.virial[k], s.cell) if stress and p.virial.ndim == 3 else None
+    return f, st
 
 
 def with_z_scores(
@@ -103,9 +116,16 @@ def z_scores(
     return energy_z, None if forces is None else stats.force_z(forces)
 
 
-def committee_results(each: MemberResults, calibration: Calibration, members: bool) -> Results:
+def committee_results(
+    each: MemberResults,
+    calibration: Calibration,
+    members: bool,
+    forces: np.ndarray | None = None,
+    stress: np.ndarray | None = None,
+) -> Results:
     """The members' means and their σ times ``calibration``'s factors (and the members'
-    values if ``members``)."""
+    values if ``members``). ``forces`` and ``stress``: the members' mean where only that was
+    predicted (no σ then)."""
     energy, energy_std = spread(each.energy)
     energies, energies_std = spread(each.energies)
     out: dict[str, Any] = {
@@ -117,9 +137,13 @@ def committee_results(each: MemberResults, calibration: Calibration, members: bo
     if each.forces is not None:
         mean, std = spread(each.forces)
         out.update(forces=mean, forces_std=std * calibration.forces)
+    elif forces is not None:
+        out["forces"] = forces
     if each.stress is not None:
         mean, std = spread(each.stress)
         out.update(stress=mean, stress_std=std * calibration.stress)
+    elif stress is not None:
+        out["stress"] = stress
     return Results(**out, members=each if members else None)
 
 
@@ -128,6 +152,7 @@ __all__ = [
     "Results",
     "committee_results",
     "member_results",
+    "shared_results",
     "with_z_scores",
     "z_scores",
 ]

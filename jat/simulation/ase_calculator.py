@@ -41,7 +41,7 @@ from jat import graph
 from jat.dtypes import precision
 from jat.graph.errors import INPUT
 from jat.potential.inputs import StructureArrays, atom_slots, structure_arrays
-from jat.potential.results import committee_results, member_results, z_scores
+from jat.potential.results import committee_results, member_results, shared_results, z_scores
 from jat.predictor import composition_energy, predict_any, stress_from_virial
 from jat.uncertainty import Guard, GuardEvent, UncertaintyError, atom_force_std
 
@@ -49,16 +49,19 @@ DEFAULT_SKIN = graph.DEFAULT_SKIN
 
 
 def calculator_step(
-    model, stress: bool, committee: bool, params, scale, species, positions, cell, neighbors
+    model, stress: bool, committee: bool, params, scale, species, positions, cell, neighbors,
+    member_forces: bool = True,
 ):
     """One step: the skin list updated to ``positions`` (N, 3) and ``cell`` (3, 3), the model
     graph compacted from it and the predictions (with a leading member axis for a
-    ``committee``); returns (predictions, list)."""
+    ``committee``, parameters stacked on it, or a model with several readout heads); returns
+    (predictions, list)."""
     neighbors = neighbors.update(positions, cell, check_slots=False)  # graph() checks them
     g, error = neighbors.graph(species, positions, cell)
     neighbors = dataclasses.replace(neighbors, error=neighbors.error | error)
     predictions = predict_any(
-        model, params, scale, g, committee=committee, forces=True, stress=stress
+        model, params, scale, g, committee=committee, forces=True, stress=stress,
+        member_forces=member_forces,
     )
     return predictions, neighbors
 
@@ -90,6 +93,9 @@ class JATCalculator(Calculator):
             naming the evaluation, the atom and the value, "flag" appends a
             :class:`jat.uncertainty.GuardEvent` to ``guard_events`` and goes on.
         members: a committee only: also put every member's values in ``results``.
+        forces_std: a committee only: False leaves out the σ (and members' values) of forces
+            and stress, whose means are then one backward pass for a shallow ensemble (about
+            one model's cost; energy σ stays). A guard needs the force σ.
         **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
 
     Attributes:
@@ -116,6 +122,7 @@ class JATCalculator(Calculator):
         dtype: str | None = None,
         guard: Guard | float | None = None,
         members: bool = False,
+        forces_std: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -131,7 +138,10 @@ class JATCalculator(Calculator):
                 "guard and members need a committee (a potential with members >= 2): a single "
                 "potential has no uncertainty"
             )
+        if guard is not None and not forces_std:
+            raise ValueError("a guard needs the force σ: leave forces_std=True")
         self.potential = potential
+        self.forces_std = bool(forces_std) or not potential.members
         self.skin = skin
         self.guard = guard
         self.members = bool(members)
@@ -210,10 +220,10 @@ class JATCalculator(Calculator):
     def _committee_results(self, p, s: StructureArrays, periodic: bool) -> dict[str, Any]:
         """Means, calibrated σ and (if asked) members' values of a committee's predictions."""
         pot = self.potential
-        each = member_results(
-            p, 0, slice(0, s.n_atoms), s, pot.energy_shift, pot.members, True, periodic
-        )
-        r = committee_results(each, pot.calibration, self.members)
+        rows = slice(0, s.n_atoms)
+        each = member_results(p, 0, rows, s, pot.energy_shift, pot.members, True, periodic)
+        shared = shared_results(p, 0, rows, s, True, periodic)
+        r = committee_results(each, pot.calibration, self.members, *shared)
         out: dict[str, Any] = {
             "energy": r.energy,
             "free_energy": r.energy,
@@ -221,14 +231,18 @@ class JATCalculator(Calculator):
             "forces": r.forces,
             "energy_std": r.energy_std,
             "energies_std": r.energies_std,
-            "forces_std": r.forces_std,
         }
+        if r.forces_std is not None:
+            out["forces_std"] = r.forces_std
         if self.members:
-            out.update(energy_members=each.energy, forces_members=each.forces)
+            out["energy_members"] = each.energy
+            if each.forces is not None:
+                out["forces_members"] = each.forces
         if periodic:
             out["stress"] = full_3x3_to_voigt_6_stress(r.stress)
-            out["stress_std"] = full_3x3_to_voigt_6_stress(r.stress_std)
-            if self.members:
+            if r.stress_std is not None:
+                out["stress_std"] = full_3x3_to_voigt_6_stress(r.stress_std)
+            if self.members and each.stress is not None:
                 out["stress_members"] = np.stack(
                     [full_3x3_to_voigt_6_stress(x) for x in each.stress]
                 )
@@ -264,11 +278,15 @@ class JATCalculator(Calculator):
         species[: s.n_atoms] = s.species
         with precision(pot.dtype):
             params, scale = pot.device_constants()
-            committee = bool(pot.members)
+            committee = pot.stacked  # a shallow ensemble's heads give the member axis
+            each = self.forces_std
             fn = pot.compiled.get(
-                ("calculator", stress),
+                ("calculator", stress, each),
                 lambda: jax.jit(
-                    functools.partial(calculator_step, pot.energy_model, stress, committee)
+                    functools.partial(
+                        calculator_step, pot.energy_model, stress, committee,
+                        member_forces=each,
+                    )
                 ),
             )
             args = (jnp.asarray(species), jnp.asarray(pos, dt), jnp.asarray(s.cell, dt))

@@ -260,7 +260,8 @@ def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
     model = potential.energy_model
     cutoff = potential.cutoff
     dtype = potential.dtype
-    committee = bool(potential.members)
+    committee = bool(potential.members)  # deep or shallow: predictions with a member axis
+    stacked = potential.stacked  # deep: parameters with a member axis
     with precision(dtype):
         params, scale = potential.device_constants()
     species = np.asarray(species_idx, np.int32)
@@ -281,7 +282,7 @@ def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
         if vectors is not None:
             vectors = vectors.astype(dt)
         g, _, error = graph.compact(full, cutoff, capacity, ordered, vectors)
-        p = predict_any(model, params, scale, g, committee=committee, forces=False)
+        p = predict_any(model, params, scale, g, committee=stacked, forces=False)
         valid = jnp.where(error == 0, 1.0, jnp.nan).astype(dt)
         if per_atom:
             return (p.energies + jnp.asarray(shift, dt)) * valid

@@ -5,6 +5,12 @@ every other path uses (:func:`jat.predictor.predict`). Energies are compared aft
 the fixed composition shift Σ μ_Z (done on the host in float64), so the network only ever sees
 O(1) targets. Every sum is weighted by the batch's ``weight`` (0 for the copies that fill a short
 batch) and by whether a label exists.
+
+A shallow ensemble (a model with K readout heads) is trained on the log-cosh loss of its heads'
+mean plus a proper scoring rule of the heads' spread (``LossSpec.ensemble``): the Gaussian
+negative log-likelihood of the residual of the mean given the heads' σ, or the Gaussian CRPS,
+per energy per atom and per force component, so that the σ the potential reports is fitted to
+the errors and not an accident of the initialisation.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.stats as jstats
 import optax
 
 from jat.predictor import predict_any
@@ -39,6 +46,30 @@ class LossSpec:
     energy_weight: float = 0.0
     forces_alpha: float = 0.1
     energy_alpha: float = 0.01
+    #: a shallow ensemble's spread term: None, "nll" or "crps" (see :func:`ensemble_score`)
+    ensemble: str | None = None
+    ensemble_weight: float = 1.0
+
+
+ENSEMBLE_LOSSES = ("nll", "crps")
+#: σ floor (eV per atom, eV/Å) of the ensemble scores: keeps the NLL finite where heads agree
+SIGMA_FLOOR = 1e-4
+
+
+def ensemble_score(kind: str, error: jax.Array, std: jax.Array) -> jax.Array:
+    """The per-value score of a residual ``error`` (mean − label) given the heads' σ ``std``
+    (same shape): "nll" the Gaussian negative log-likelihood log σ + e²/(2σ²) + ½ log 2π
+    (nats), "crps" the Gaussian continuous ranked probability score
+    σ [z (2Φ(z) − 1) + 2φ(z) − 1/√π], z = e/σ (in the unit of the value). σ is
+    sqrt(σ² + :data:`SIGMA_FLOOR`²)."""
+    s = jnp.sqrt(std**2 + SIGMA_FLOOR**2)
+    z = error / s
+    if kind == "nll":
+        return jnp.log(s) + 0.5 * z**2 + 0.5 * jnp.log(2 * jnp.pi)
+    if kind == "crps":
+        cdf, pdf = jstats.norm.cdf(z), jstats.norm.pdf(z)
+        return s * (z * (2 * cdf - 1) + 2 * pdf - 1 / jnp.sqrt(jnp.pi))
+    raise ValueError(f"unknown ensemble loss {kind!r}; choose from {', '.join(ENSEMBLE_LOSSES)}")
 
 
 def log_cosh(x: jax.Array, alpha: float) -> jax.Array:
@@ -46,13 +77,22 @@ def log_cosh(x: jax.Array, alpha: float) -> jax.Array:
     return alpha * optax.losses.log_cosh(x / alpha)
 
 
+def member_predictions(model, params, scale, batch, forces: bool, committee: bool = False):
+    """Network energies (B,) in eV (composition shift excluded) and forces (B·n, 3) eV/Å, with
+    a leading member axis K for a ``committee`` (params with a leading member axis) or a model
+    with K readout heads (a shallow ensemble)."""
+    p = predict_any(model, params, scale, batch.graph, committee=committee, forces=forces)
+    return p.energy, p.forces
+
+
 def predict(model, params, scale, batch, forces: bool, committee: bool = False):
     """Network energies (B,) in eV (composition shift excluded) and forces (B·n, 3) eV/Å; for
-    a ``committee`` (params with a leading member axis) the members' means."""
-    p = predict_any(model, params, scale, batch.graph, committee=committee, forces=forces)
-    if not committee:
-        return p.energy, p.forces
-    return jnp.mean(p.energy, axis=0), None if p.forces is None else jnp.mean(p.forces, axis=0)
+    a ``committee`` (params with a leading member axis) or a shallow ensemble the members'
+    means."""
+    energy, f = member_predictions(model, params, scale, batch, forces, committee)
+    if energy.ndim == 1:
+        return energy, f
+    return jnp.mean(energy, axis=0), None if f is None else jnp.mean(f, axis=0)
 
 
 def errors(model, params, scale, batch, forces: bool, committee: bool = False):
@@ -63,35 +103,85 @@ def errors(model, params, scale, batch, forces: bool, committee: bool = False):
     return de / batch.n_atoms, de, df
 
 
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """A shallow ensemble's heads' σ: energy per atom (B,) and force components (B·n, 3)."""
+
+    energy_atom: jax.Array
+    forces: jax.Array | None
+
+
+def ensemble_errors(model, params, scale, batch, forces: bool):
+    """:func:`errors` of the heads' mean, and the heads' σ (:class:`Spread`)."""
+    energies, f = member_predictions(model, params, scale, batch, forces)
+    mean_e = jnp.mean(energies, axis=0)
+    std_e = jnp.sqrt(jnp.mean((energies - mean_e) ** 2, axis=0))
+    de = mean_e - batch.energy
+    df = std_f = None
+    if f is not None:
+        mean_f = jnp.mean(f, axis=0)
+        std_f = jnp.sqrt(jnp.mean((f - mean_f) ** 2, axis=0))
+        df = mean_f - batch.forces
+    return (de / batch.n_atoms, de, df), Spread(std_e / batch.n_atoms, std_f)
+
+
+def spec_errors(spec: LossSpec, model, params, scale, batch, forces: bool):
+    """(residuals of :func:`errors`, the heads' :class:`Spread` or None): what the loss of
+    ``spec`` needs."""
+    if spec.ensemble is None:
+        return errors(model, params, scale, batch, forces), None
+    return ensemble_errors(model, params, scale, batch, forces)
+
+
 def force_weights(batch) -> jax.Array:
     """(B·n,) weight of each atom's force: 1 for real atoms of labelled, real structures."""
     g = batch.graph
     return g.node_mask * batch.forces_weight[g.node_graph]
 
 
-def loss_sums(spec: LossSpec, de_atom, df, batch) -> dict[str, tuple[jax.Array, jax.Array]]:
+def loss_sums(
+    spec: LossSpec, de_atom, df, batch, spread: Spread | None = None
+) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Per trained term, the summed log-cosh and the number of values it sums (energies per
-    atom of real structures, force components of real atoms)."""
+    atom of real structures, force components of real atoms); with a shallow ensemble's
+    ``spread`` also the summed ensemble score of each ("energy_nll", "forces_nll", or _crps)."""
     sums = {}
     if spec.energy_weight > 0:
         w = batch.energy_weight
         sums["energy"] = (jnp.sum(w * log_cosh(de_atom, spec.energy_alpha)), w.sum())
+        if spread is not None:
+            score = ensemble_score(spec.ensemble, de_atom, spread.energy_atom)
+            sums[f"energy_{spec.ensemble}"] = (jnp.sum(w * score), w.sum())
     if spec.forces_weight > 0 and df is not None:
         atom = force_weights(batch)
         per_atom = log_cosh(df, spec.forces_alpha).sum(axis=-1)
         sums["forces"] = (jnp.sum(atom * per_atom), 3.0 * atom.sum())
+        if spread is not None and spread.forces is not None:
+            score = ensemble_score(spec.ensemble, df, spread.forces).sum(axis=-1)
+            sums[f"forces_{spec.ensemble}"] = (jnp.sum(atom * score), 3.0 * atom.sum())
     return sums
 
 
-def loss_terms(spec: LossSpec, de_atom, df, batch):
-    """Weighted mean log-cosh of the energy per atom and of force components (real ones only)."""
-    return {k: s / jnp.maximum(n, 1.0) for k, (s, n) in loss_sums(spec, de_atom, df, batch).items()}
+def loss_terms(spec: LossSpec, de_atom, df, batch, spread: Spread | None = None):
+    """Weighted mean log-cosh of the energy per atom and of force components (real ones only),
+    and the ensemble scores' means with a ``spread``."""
+    sums = loss_sums(spec, de_atom, df, batch, spread)
+    return {k: s / jnp.maximum(n, 1.0) for k, (s, n) in sums.items()}
 
 
 def total_loss(spec: LossSpec, terms) -> jax.Array:
-    return spec.energy_weight * terms.get("energy", 0.0) + spec.forces_weight * terms.get(
+    """ρ_E · energy + ρ_F · forces, plus (a shallow ensemble) ensemble_weight times the same
+    combination of the ensemble scores."""
+    out = spec.energy_weight * terms.get("energy", 0.0) + spec.forces_weight * terms.get(
         "forces", 0.0
     )
+    if spec.ensemble is not None:
+        kind = spec.ensemble
+        out = out + spec.ensemble_weight * (
+            spec.energy_weight * terms.get(f"energy_{kind}", 0.0)
+            + spec.forces_weight * terms.get(f"forces_{kind}", 0.0)
+        )
+    return out
 
 
 def error_sums(de_atom, de, df, batch) -> dict[str, jax.Array]:
@@ -128,8 +218,8 @@ def train_step(model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, b
     need_forces = spec.forces_weight > 0
 
     def loss_fn(params):
-        de_atom, _, df = errors(model, params, scale, batch, need_forces)
-        terms = loss_terms(spec, de_atom, df, batch)
+        (de_atom, _, df), spread = spec_errors(spec, model, params, scale, batch, need_forces)
+        terms = loss_terms(spec, de_atom, df, batch, spread)
         return total_loss(spec, terms), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -253,10 +343,14 @@ def compiled_train_step(model, tx, spec: LossSpec, ema_decay, on_trace=None, com
 def eval_step(model, spec: LossSpec, forces: bool, params, scale, batch, committee=False):
     """Sums of errors and of the loss terms over a batch (no update); being sums, they do not
     depend on how a data set is cut into batches. A ``committee`` is judged by its members'
-    mean prediction."""
-    de_atom, de, df = errors(model, params, scale, batch, forces, committee)
+    mean prediction (and a shallow ensemble also by the ensemble score of its σ)."""
+    if spec.ensemble is None:
+        de_atom, de, df = errors(model, params, scale, batch, forces, committee)
+        spread = None
+    else:
+        (de_atom, de, df), spread = ensemble_errors(model, params, scale, batch, forces)
     sums = error_sums(de_atom, de, df, batch)
-    for key, (total, _) in loss_sums(spec, de_atom, df, batch).items():
+    for key, (total, _) in loss_sums(spec, de_atom, df, batch, spread).items():
         sums[f"loss_{key}_sum"] = total
     return sums
 
@@ -269,14 +363,21 @@ def sharded_eval_step(model, spec: LossSpec, forces: bool, axis: str, params, sc
 def evaluation_loss(spec: LossSpec, total: dict[str, float]) -> float | None:
     """The loss of a whole data set from summed terms (mean per structure and per component)."""
     out = 0.0
+    extra = spec.ensemble_weight if spec.ensemble is not None else 0.0
     if spec.energy_weight > 0:
         if not total.get("n_energy"):
             return None
         out += spec.energy_weight * total["loss_energy_sum"] / total["n_energy"]
+        if extra:
+            key = f"loss_energy_{spec.ensemble}_sum"
+            out += extra * spec.energy_weight * total.get(key, 0.0) / total["n_energy"]
     if spec.forces_weight > 0:
         if not total.get("n_forces"):
             return None
         out += spec.forces_weight * total["loss_forces_sum"] / total["n_forces"]
+        if extra:
+            key = f"loss_forces_{spec.ensemble}_sum"
+            out += extra * spec.forces_weight * total.get(key, 0.0) / total["n_forces"]
     return out
 
 
@@ -302,6 +403,11 @@ def reduce_sums(
         out["forces_rmse"] = (total["forces_sq"] / n_f) ** 0.5
     if loss is not None:
         out["loss"] = loss
+    for quantity, count in (("energy", n_e), ("forces", n_f)):  # a shallow ensemble's scores
+        for kind in ENSEMBLE_LOSSES:
+            key = f"loss_{quantity}_{kind}_sum"
+            if key in total and count > 0:
+                out[f"{quantity}_{kind}"] = total[key] / count
     if total.get("weight", 0.0) > 0:  # training steps: batch means weighted by batch size
         for key in total:
             if key.startswith("loss"):

@@ -8,6 +8,7 @@ non-finite step raises :class:`~jat.training.errors.NonFiniteError` naming its s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -65,6 +66,15 @@ class Trainer:
             forces_alpha=cfg.loss.forces_alpha,
             energy_alpha=cfg.loss.energy_alpha,
         )
+        ensemble = cfg.model.ensemble
+        #: a shallow ensemble: one parameter set with K heads, trained with loss.ensemble
+        self.shallow = ensemble.kind == "shallow" and ensemble.members > 1
+        if self.shallow:
+            self.loss_spec = dataclasses.replace(
+                self.loss_spec,
+                ensemble=cfg.loss.ensemble,
+                ensemble_weight=cfg.loss.ensemble_weight,
+            )
         self.compilations = {"train": 0, "eval": 0}
         #: several processes step together: a stop request waits for the epoch's end
         self.lockstep = distributed.several()
@@ -118,6 +128,7 @@ class Trainer:
             dtype=cfg.model.dtype,
             repulsion=repulsion_spec(cfg, train, self.species),
             members=self.members,
+            ensemble=ensemble.kind,
             **dict(cfg.model.hyper),
         ).with_energy_reference(shift=shift, scale=np.full(len(self.species), scale))
         # the training labels' distribution, gathered in one pass, for z-scores of predictions
@@ -170,7 +181,12 @@ class Trainer:
             self.out.message(f"ZBL repulsion switched off at (Å): {pairs}")
         n_params = sum(np.size(x) for x in jax.tree.leaves(self.potential.params))
         committee = ""
-        if self.members:
+        if self.shallow:
+            committee = (
+                f", a shallow ensemble of {self.members} readout heads trained with "
+                f"{cfg.loss.ensemble}"
+            )
+        elif self.members:
             committee = (
                 f", a committee of {self.members}"
                 + (" (bootstrap resamples)" if ensemble.bootstrap else "")
@@ -182,8 +198,9 @@ class Trainer:
 
     def _member_weights(self, bootstrap: bool) -> list[np.ndarray] | None:
         """Per training bucket, (K, rows) weights of each member's structures: ones, or the
-        counts of a bootstrap resample of the training set drawn once from the seed."""
-        if not self.members:
+        counts of a bootstrap resample of the training set drawn once from the seed (None for a
+        single model or a shallow ensemble, whose heads share one parameter set)."""
+        if not self.potential.stacked:
             return None
         train = self.data["train"]
         n = len(train)
@@ -204,7 +221,7 @@ class Trainer:
 
             return traced
 
-        committee = bool(self.members)
+        committee = self.potential.stacked
         self.scale = jnp.asarray(self.potential.energy_scale, self.dtype)
         if self.dp is not None:
             self.train_step = parallel.compiled_train_step(
@@ -236,13 +253,13 @@ class Trainer:
 
     def initial_state(self) -> steps.TrainState:
         return self.place(
-            steps.initial_state(self.potential.params, self.tx, bool(self.members))
+            steps.initial_state(self.potential.params, self.tx, self.potential.stacked)
         )
 
     def step(self, state: steps.TrainState, bucket: int, rows: np.ndarray, batch, lr):
         """One compiled training step on ``batch`` (rows ``rows`` of training bucket
         ``bucket``); a committee's members weight its structures by their own weights."""
-        if not self.members:
+        if not self.potential.stacked:
             return self.train_step(state, self.scale, batch, lr)
         weights = np.zeros((self.members, self.batch))
         weights[:, : len(rows)] = self.member_weights[bucket][:, rows]
@@ -382,7 +399,7 @@ class Trainer:
         train = self.data["train"]
         params = cast(potential.params, self.cfg.model.dtype)
         predict = jax.jit(functools.partial(
-            steps.predict, potential.energy_model, forces=False, committee=bool(self.members)
+            steps.predict, potential.energy_model, forces=False, committee=potential.stacked
         ))
         counts, residual = [], []
         for bucket in train.buckets:
