@@ -78,15 +78,22 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         raw, source = {}, "<defaults>"
     else:
         source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError("no such file", source=source) from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"cannot read: {err}", source=source) from None
-        raw = read_yaml(text, source)
+        raw = read_yaml_file(path)
     raw, cli_keys = apply_overrides(raw, overrides)
     return validate(raw, Sources(source, cli_keys))
+
+
+def read_yaml_file(path: str | os.PathLike) -> Any:
+    """The parsed YAML of the file at ``path``. Raises ConfigError naming the file when it is
+    missing, unreadable or not YAML."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no such file", source=source) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read: {err}", source=source) from None
+    return read_yaml(text, source)
 
 
 def load_run_config(run_dir: str | os.PathLike) -> Config:

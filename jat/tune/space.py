@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jat.config import COMMAND_LINE, Config, ConfigError
 from jat.config.parsing import Sources, apply_overrides, validate
 from jat.config.values import Duration, flow, show, suggest
-from jat.config.yaml_io import read_yaml
+from jat.config.yaml_io import read_yaml, read_yaml_file
 
 #: validation figures an objective may name (``val_`` prefix optional)
 METRICS = (
@@ -383,13 +383,7 @@ def load_tune(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TuneSpe
         ConfigError: naming the file (or "command line"), the entry and the problem.
     """
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such file", source=source) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read: {err}", source=source) from None
-    raw = read_yaml(text, source)
+    raw = read_yaml_file(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
