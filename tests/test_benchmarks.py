@@ -111,9 +111,11 @@ def test_committee_benchmark_pieces():
     com = jat.Potential.create("schnet", committee.SPECIES, committee.CUTOFF, members=2,
                                **kwargs)
     calls = committee.inference_calls(single, com, atoms)
-    for model_call, compute_call in calls.values():
+    for model_call, compute_call, energy_call, mean_forces_call in calls.values():
         model_call()
         compute_call()
+        energy_call()
+        mean_forces_call()
     assert compute_call().energy_std is not None
     for pot in (single, com):
         assert committee.training_epochs(pot, structures, 2)() > 0

@@ -20,7 +20,10 @@ from jat.config import (
 from jat.models import MODELS
 from jat.train import main
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+# training configurations; the tuning files (tune_*.yaml) have their own reader, tested in
+# test_tune.py
+EXAMPLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")
+                  if not p.name.startswith("tune_"))
 
 
 @pytest.fixture(scope="module")
