@@ -58,7 +58,6 @@ float64 potential without it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -248,7 +247,8 @@ def _check_x64(potential) -> None:
 
 
 def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
-    """energy(full_graph, capacity, ordered, vectors): the model on a listed graph.
+    """The model on a listed graph, :class:`ListedEnergy`: ``energy(full_graph, capacity, ordered,
+    vectors)``.
 
     ``full_graph`` holds every listed pair (within cutoff + skin at its build) with its edge
     vectors' positions, cell and shifts; the pairs shorter than the cutoff now are compacted
@@ -288,12 +288,24 @@ def _model_fn(potential, species_idx: np.ndarray, per_atom: bool):
             return (p.energies + jnp.asarray(shift, dt)) * valid
         return (p.energy[..., 0] + jnp.asarray(composition, dt)) * valid
 
-    def energy(full: graph.Graph, capacity: int, ordered: bool = True, vectors=None):
-        e = each(full, capacity, ordered, vectors)
-        return jnp.mean(e, axis=0) if committee else e
+    return ListedEnergy(each, committee)
 
-    energy.members = functools.partial(each, per_atom=False)  # (K,) totals of a committee
-    return energy
+
+@dataclasses.dataclass(frozen=True)
+class ListedEnergy:
+    """The model on a listed graph (see :func:`_model_fn`): called, the energy () or per-atom
+    energies (N,), a committee's members' mean; :meth:`members` the (K,) members' totals."""
+
+    each: Callable[..., jax.Array]
+    committee: bool
+
+    def __call__(self, full: graph.Graph, capacity: int, ordered: bool = True, vectors=None):
+        e = self.each(full, capacity, ordered, vectors)
+        return jnp.mean(e, axis=0) if self.committee else e
+
+    def members(self, full: graph.Graph, capacity: int, ordered: bool = True, vectors=None):
+        """(K,) the committee members' total energies (eV)."""
+        return self.each(full, capacity, ordered, vectors, per_atom=False)
 
 
 def _perturbed(g: graph.Graph, perturbation) -> graph.Graph:
