@@ -69,14 +69,7 @@ def predict(
             model, params, scale, graph, forces=forces, stress=stress, member_forces=member_forces
         )
     n_graphs = graph.n_graphs
-
-    def energy(positions, strain):
-        g = dataclasses.replace(graph, positions=positions)
-        if stress:
-            g = g.deformed(strain)
-        e, extras = model.outputs(params, scale, g)
-        return jnp.sum(e), (e, extras)
-
+    energy = _total_energy(model, params, scale, graph, stress)
     strain = jnp.zeros((n_graphs, 3, 3), graph.positions.dtype)
     f = virial = None
     if forces or stress:
@@ -111,14 +104,7 @@ def predict_heads(
     forces (N, 3) and virial (G, 3, 3) of the heads' mean only, from one backward pass (about
     one model's cost; the energies keep their member axis)."""
     n_graphs, heads = graph.n_graphs, model.heads
-
-    def energy(positions, strain):
-        g = dataclasses.replace(graph, positions=positions)
-        if stress:
-            g = g.deformed(strain)
-        e, extras = model.outputs(params, scale, g)
-        return jnp.sum(e, axis=0), (e, extras)
-
+    energy = _total_energy(model, params, scale, graph, stress)
     strain = jnp.zeros((n_graphs, 3, 3), graph.positions.dtype)
     f = virial = None
     if forces or stress:
@@ -144,6 +130,21 @@ def predict_heads(
     total = jax.ops.segment_sum(e, graph.node_graph, n_graphs).T
     extras = {k: jnp.broadcast_to(v, (heads, *jnp.shape(v))) for k, v in extras.items()}
     return Predictions(energy=total, energies=e.T, forces=f, virial=virial, extras=extras)
+
+
+def _total_energy(model: EnergyModel, params: Any, scale: jax.Array, graph: Graph, stress: bool):
+    """energy(positions, strain) -> (Σ_i E_i, (E_i, extras)): the graph's total energy (K
+    totals for K readout heads) as a function of the positions and (with ``stress``) of a
+    strain (G, 3, 3) applied to the graph, for the predictor to differentiate."""
+
+    def energy(positions, strain):
+        g = dataclasses.replace(graph, positions=positions)
+        if stress:
+            g = g.deformed(strain)
+        e, extras = model.outputs(params, scale, g)
+        return jnp.sum(e, axis=0), (e, extras)
+
+    return energy
 
 
 def predict_committee(
