@@ -46,3 +46,109 @@ def test_property_outputs_of_every_network(name):
 def test_property_outputs_range_checked():
     with pytest.raises(HyperparameterError, match="property_outputs"):
         MODELS["schnet"](num_species=1, cutoff=3.0, property_outputs=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# targets, normalisation, configuration
+
+import itertools  # noqa: E402
+
+from jat import graph as jgraph  # noqa: E402
+from jat.config import ConfigError, config_from_dict  # noqa: E402
+from jat.properties import (  # noqa: E402
+    Target,
+    assign_channels,
+    constrained_charges,
+    fit_target,
+    property_values,
+)
+
+
+@pytest.fixture(scope="module")
+def qm9_molecules():
+    from jat.data.qm9 import read_qm9
+
+    return list(itertools.islice(read_qm9("qm9pack"), 24))
+
+
+def _padded_graph(structures, n_slots, species, fill=0):
+    """A disjoint graph of ``structures`` (free space) padded to ``n_slots`` atoms each, with
+    ``fill`` further all-padding structures."""
+    lookup = {x: k for k, x in enumerate(species)}
+    m = len(structures) + fill
+    z = np.full((m, n_slots), -1, np.int32)
+    pos = np.zeros((m, n_slots, 3))
+    for r, s in enumerate(structures):
+        z[r, : s.n_atoms] = [lookup[x] for x in s.symbols]
+        pos[r, : s.n_atoms] = s.positions
+    spec = jgraph.allocate(pos, 5.0, None, (False,) * 3, z >= 0)
+    nb = jax.vmap(jgraph.build, in_axes=(0, None, 0, None))(jnp.asarray(pos), None,
+                                                            jnp.asarray(z >= 0), spec)
+    cell = jnp.zeros((m, 3, 3))
+    return jgraph.batch_graph(jnp.asarray(z), jnp.asarray(pos), cell, nb.senders, nb.receivers,
+                              nb.shifts, nb.mask)
+
+
+def test_constrained_charges_sum_to_the_total_charge(qm9_molecules):
+    g = _padded_graph(qm9_molecules[:3], 12, ["H", "C", "N", "O", "F"], fill=1)
+    q = jax.random.normal(jax.random.PRNGKey(1), (g.n_nodes,))
+    for charge in (None, jnp.array([0.0, 1.0, -2.0, 0.0])):
+        qc = constrained_charges(q, g, charge)
+        sums = jax.ops.segment_sum(qc, g.node_graph, g.n_graphs)
+        want = np.zeros(4) if charge is None else np.array(charge)
+        want[3] = 0.0  # the all-padding structure has no atoms
+        assert np.allclose(sums, want, atol=1e-5)
+        assert np.all(np.asarray(qc)[~np.asarray(g.node_mask)] == 0.0)
+
+
+def test_fitted_normalisation(qm9_molecules):
+    species = ["H", "C", "N", "O", "F"]
+    ext = fit_target(Target("U0", "extensive", 0), qm9_molecules, species)
+    counts = np.array([[s.symbols.count(x) for x in species] for s in qm9_molecules])
+    u0 = np.array([s.properties["U0"] for s in qm9_molecules])
+    residual = u0 - counts @ np.asarray(ext.shift)
+    assert np.sqrt(np.mean(residual**2)) < 0.05 * np.std(u0)  # the reference takes the bulk
+    gap = fit_target(Target("gap", "intensive", 1), qm9_molecules, species)
+    labels = [s.properties["gap"] for s in qm9_molecules]
+    assert gap.offset == pytest.approx(np.mean(labels)) and gap.scale == pytest.approx(
+        np.std(labels))
+    with pytest.raises(ValueError, match="no training structure has the property 'nope'"):
+        fit_target(Target("nope", "intensive", 0), qm9_molecules, species)
+    assert Target.from_dict(ext.to_dict()) == ext
+
+
+def test_channels_and_values_of_a_charge_only_dipole(qm9_molecules):
+    targets, p = assign_channels([("mu", "dipole"), ("gap", "intensive")])
+    assert [t.channel for t in targets] == [0, 1] and p == 2
+    head, p_head = assign_channels([("mu", "dipole"), ("gap", "intensive")], dipole_head=True)
+    assert head[0].channel == -1 and head[1].channel == 0 and p_head == 1
+    g = _padded_graph(qm9_molecules[:2], 10, ["H", "C", "N", "O", "F"])
+    props = jax.random.normal(jax.random.PRNGKey(0), (g.n_nodes, 2))
+    v = property_values(targets, {"properties": props}, g)
+    assert v["mu"].shape == (2, 3) and v["gap"].shape == (2,)
+
+
+@pytest.mark.parametrize(
+    ("entry", "where", "what"),
+    [
+        ({"key": "mu", "kind": "vector"}, "loss.properties.1.kind", "must be one of"),
+        ({"kind": "dipole"}, "loss.properties.1.key", "required"),
+        ({"key": "gap", "kind": "intensive", "wieght": 2}, "loss.properties.1.wieght",
+         "did you mean 'weight'"),
+        ({"key": "U0", "kind": "extensive"}, "loss.properties.1.key", "already the target"),
+    ],
+)
+def test_config_errors_name_the_entry(entry, where, what):
+    loss = {"properties": [{"key": "U0", "kind": "extensive"}, entry]}
+    with pytest.raises(ConfigError, match=what) as err:
+        config_from_dict({"loss": loss})
+    assert where in str(err.value)
+
+
+def test_property_targets_alone_are_a_loss():
+    cfg = config_from_dict({"loss": {"energy_weight": 0, "forces_weight": 0,
+                                     "properties": [{"key": "mu", "kind": "dipole"}]}})
+    assert cfg.loss.properties[0].alpha == 0.01
+    with pytest.raises(ConfigError, match="nothing would be trained"):
+        config_from_dict({"loss": {"energy_weight": 0, "forces_weight": 0, "properties": [
+            {"key": "mu", "kind": "dipole", "weight": 0}]}})

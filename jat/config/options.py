@@ -8,6 +8,7 @@ Choice lists that jat keeps elsewhere come from their registries: reader formats
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any
 
 from pydantic import Field, model_validator
@@ -157,8 +158,33 @@ class DataConfig(Section):
         return self
 
 
+#: the kinds of property targets (:data:`jat.properties.KINDS`)
+PROPERTY_KINDS = ("extensive", "intensive", "dipole", "atomic")
+
+
+class PropertyTargetConfig(Section):
+    """One property target of the loss: a key of the structures' properties, how the network
+    forms it, and its log-cosh term."""
+
+    key: Text = Field(
+        description="the property's name in the data (QM9: A, B, C, mu, alpha, homo, lumo, "
+        "gap, r2, zpve, U0, U, H, G, Cv, mulliken_charges)",
+    )
+    kind: Annotated[str, Choice(PROPERTY_KINDS)] = Field(
+        description="extensive: sum of atomic contributions plus a per-species reference; "
+        "intensive: mean over atoms; dipole: μ = Σ q_i (r_i − centroid) + Σ μ_i, compared as "
+        "|μ| with the label (e·Å); atomic: one value per atom",
+    )
+    weight: Float(ge=0) = Field(1.0, description="weight of the target's log-cosh term")
+    alpha: Float(gt=0) = Field(
+        0.01, description="log-cosh scale α in the target's unit (per structure; per atom "
+        "for atomic targets)"
+    )
+
+
 class LossConfig(Section):
-    """The training loss: log-cosh of force components and of the energy per atom."""
+    """The training loss: log-cosh of force components, of the energy per atom and of any
+    property targets."""
 
     forces_weight: Float(ge=0) = Field(1.0, description="weight of the force term")
     energy_weight: Float(ge=0) = Field(0.0, description="weight ρ of the energy-per-atom term")
@@ -177,14 +203,33 @@ class LossConfig(Section):
     ensemble_weight: Float(ge=0) = Field(
         1.0, description="weight of the shallow ensemble's score relative to the loss of the mean"
     )
+    properties: tuple[PropertyTargetConfig, ...] = Field(
+        (),
+        description="property targets, e.g. [{key: mu, kind: dipole, alpha: 0.01}, "
+        "{key: gap, kind: intensive, weight: 1, alpha: 0.05}]",
+    )
 
     @model_validator(mode="after")
     def _something_trained(self) -> LossConfig:
-        if self.forces_weight == 0 and self.energy_weight == 0:
+        trained = any(t.weight > 0 for t in self.properties)
+        if self.forces_weight == 0 and self.energy_weight == 0 and not trained:
             raise Invalid(
-                "forces_weight and energy_weight are both 0; nothing would be trained",
+                "forces_weight and energy_weight are both 0 and no property target has a "
+                "weight; nothing would be trained",
                 keys=("forces_weight", "energy_weight"),
             )
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_targets(self) -> LossConfig:
+        seen: dict[str, int] = {}
+        for k, t in enumerate(self.properties):
+            if t.key in seen:
+                raise Invalid(
+                    f"entry {k}: key {t.key!r} is already the target of entry {seen[t.key]}",
+                    keys=(f"properties.{k}.key",),
+                )
+            seen[t.key] = k
         return self
 
 
@@ -331,11 +376,17 @@ def json_schema() -> dict[str, Any]:
 
 
 def section_class(path: tuple[str, ...]) -> type[Section] | None:
-    """The section model at a dotted path (``()``: :class:`Config`), ``None`` if not a section."""
+    """The section model at a dotted path (``()``: :class:`Config`), ``None`` if not a section;
+    a number steps into a list of sections (``loss.properties.0``)."""
     cls: Any = Config
     for part in path:
-        info = cls.model_fields.get(part) if isinstance(cls, type) else None
-        cls = info.annotation if info is not None else None
+        if part.isdigit() and typing.get_origin(cls) is tuple:
+            cls = typing.get_args(cls)[0]
+        else:
+            info = cls.model_fields.get(part) if isinstance(cls, type) else None
+            cls = info.annotation if info is not None else None
+        if typing.get_origin(cls) is tuple:
+            continue
         if not (isinstance(cls, type) and issubclass(cls, Section)):
             return None
     return cls
@@ -350,6 +401,8 @@ __all__ = [
     "LoggingConfig",
     "LossConfig",
     "OptimizerConfig",
+    "PROPERTY_KINDS",
+    "PropertyTargetConfig",
     "Qm9Config",
     "SplitConfig",
     "TrainingConfig",
