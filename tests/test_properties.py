@@ -51,6 +51,7 @@ def test_property_outputs_range_checked():
 # ---------------------------------------------------------------------------------------------
 # targets, normalisation, configuration
 
+import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 
 from jat import graph as jgraph  # noqa: E402
@@ -152,3 +153,67 @@ def test_property_targets_alone_are_a_loss():
     with pytest.raises(ConfigError, match="nothing would be trained"):
         config_from_dict({"loss": {"energy_weight": 0, "forces_weight": 0, "properties": [
             {"key": "mu", "kind": "dipole", "weight": 0}]}})
+
+
+# ---------------------------------------------------------------------------------------------
+# labels, losses and metrics of the training steps
+
+import jat  # noqa: E402
+from jat.training import optim, steps  # noqa: E402
+from jat.training.dataset import build_dataset  # noqa: E402
+
+QM9_SPECIES = ["H", "C", "N", "O"]
+ENTRIES = [("mu", "dipole"), ("gap", "intensive"), ("U0", "extensive"),
+           ("mulliken_charges", "atomic")]
+
+
+def _setup(molecules, dipole_head=True):
+    """A small PaiNN potential with the four kinds of target fitted on ``molecules``, and the
+    loss spec training them alone."""
+    targets, p = assign_channels(ENTRIES, dipole_head)
+    targets = tuple(fit_target(t, molecules, QM9_SPECIES) for t in targets)
+    pot = jat.Potential.create("painn", QM9_SPECIES, 4.0, features=8, interactions=1,
+                               dipole_head=dipole_head, property_outputs=p)
+    terms = tuple(steps.PropertyTerm(t, 1.0, 0.05) for t in targets)
+    spec = steps.LossSpec(forces_weight=0.0, energy_weight=0.0, properties=terms)
+    return pot, targets, spec
+
+
+def _eval_sums(pot, spec, data, batch_size):
+    model, scale = pot.energy_model, jnp.asarray(pot.energy_scale, jnp.float32)
+    step = jax.jit(lambda params, batch: steps.eval_step(model, spec, False, params, scale,
+                                                         batch))
+    parts = [step(pot.params, data.buckets[b].batch(rows, batch_size, jnp.float32))
+             for b, rows in data.batches(batch_size)]
+    return steps.reduce_sums(parts, spec)
+
+
+def test_padding_changes_no_property_loss_or_metric(qm9_molecules):
+    mols = [m for m in qm9_molecules if set(m.symbols) <= set(QM9_SPECIES)][:7]
+    pot, targets, spec = _setup(mols)
+    shift = np.zeros(len(QM9_SPECIES))
+    tight = build_dataset(mols, QM9_SPECIES, 4.0, shift, [max(m.n_atoms for m in mols)],
+                          targets)
+    loose = build_dataset(mols, QM9_SPECIES, 4.0, shift, [32], targets)
+    a = _eval_sums(pot, spec, tight, 7)  # one full batch
+    b = _eval_sums(pot, spec, loose, 4)  # more atom slots, and a batch with a fill row
+    assert set(a) >= {"mu_mae", "gap_mae", "U0_rmse", "mulliken_charges_mae", "loss"}
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_training_steps_lower_the_dipole_loss(qm9_molecules):
+    mols = [m for m in qm9_molecules if set(m.symbols) <= set(QM9_SPECIES)][:20]
+    pot, targets, spec = _setup(mols)
+    spec = dataclasses.replace(spec, properties=spec.properties[:1])  # the dipole alone
+    data = build_dataset(mols, QM9_SPECIES, 4.0, np.zeros(4), [32], targets[:1])
+    tx = optim.optimizer("adam", 0.0, None)
+    step = steps.compiled_train_step(pot.energy_model, tx, spec, None)
+    state = steps.initial_state(pot.params, tx)
+    scale = jnp.asarray(pot.energy_scale, jnp.float32)
+    batch = data.buckets[0].batch(np.arange(len(mols)), len(mols), jnp.float32)
+    losses = []
+    for _ in range(15):
+        state, metrics = step(state, scale, batch, 1e-2)
+        losses.append(float(metrics["loss_mu"]) / float(metrics["weight"]))
+    assert losses[-1] < 0.7 * losses[0]

@@ -160,6 +160,10 @@ class DataConfig(Section):
 
 #: the kinds of property targets (:data:`jat.properties.KINDS`)
 PROPERTY_KINDS = ("extensive", "intensive", "dipole", "atomic")
+#: names of the energy and force figures, which a property target's key may not take
+RESERVED_KEYS = ("energy", "energy_atom", "forces", "loss", "weight", "finite")
+#: the fixed choices of training.monitor (besides <key>_mae of a property target)
+MONITORS = ("auto", "forces_mae", "energy_mae", "loss")
 
 
 class PropertyTargetConfig(Section):
@@ -224,6 +228,12 @@ class LossConfig(Section):
     def _distinct_targets(self) -> LossConfig:
         seen: dict[str, int] = {}
         for k, t in enumerate(self.properties):
+            if t.key in RESERVED_KEYS:
+                raise Invalid(
+                    f"entry {k}: key {t.key!r} is the name of a figure of jat's own; reserved: "
+                    f"{', '.join(RESERVED_KEYS)}",
+                    keys=(f"properties.{k}.key",),
+                )
             if t.key in seen:
                 raise Invalid(
                     f"entry {k}: key {t.key!r} is already the target of entry {seen[t.key]}",
@@ -304,8 +314,11 @@ class TrainingConfig(Section):
     patience: Int(gt=0) | None = Field(
         None, description="stop after this many epochs without a better validation score"
     )
-    monitor: Annotated[str, Choice(("auto", "forces_mae", "energy_mae", "loss"))] = Field(
-        "auto", description="score of the best model; auto: forces_mae if forces are trained"
+    monitor: Text = Field(
+        "auto",
+        description="score of the best model: auto, forces_mae, energy_mae, loss, or <key>_mae "
+        "of a property target (e.g. mu_mae); auto: forces_mae if forces are trained, else "
+        "energy_mae if energies are, else the first property target's MAE",
     )
     eval_every: Int(gt=0) = Field(1, description="validate every this many epochs")
     max_buckets: Int(gt=0) = Field(
@@ -354,6 +367,17 @@ class Config(Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _monitored_figure(self) -> Config:
+        monitor = self.training.monitor
+        targets = tuple(f"{t.key}_mae" for t in self.loss.properties)
+        if monitor not in MONITORS + targets:
+            raise Invalid(
+                f"unknown figure {monitor!r}; choose from {', '.join(MONITORS + targets)}",
+                keys=("training.monitor",),
+            )
+        return self
 
     @model_validator(mode="after")
     def _shallow_without_kfold(self) -> Config:
