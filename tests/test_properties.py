@@ -217,3 +217,77 @@ def test_training_steps_lower_the_dipole_loss(qm9_molecules):
         state, metrics = step(state, scale, batch, 1e-2)
         losses.append(float(metrics["loss_mu"]) / float(metrics["weight"]))
     assert losses[-1] < 0.7 * losses[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the potential: results, symmetries, files, the ASE calculator, evaluation
+
+import json  # noqa: E402
+
+from scipy.spatial.transform import Rotation  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def property_potential(qm9_molecules):
+    mols = [m for m in qm9_molecules if set(m.symbols) <= set(QM9_SPECIES)]
+    pot, targets, _ = _setup(mols)
+    return pot.with_properties(targets), mols
+
+
+def test_dipole_rotates_and_properties_are_invariant(property_potential):
+    pot, mols = property_potential
+    atoms = mols[6].to_atoms()
+    assert len(atoms) > 3
+    r0 = pot.compute(atoms, forces=False)
+    rot = Rotation.from_euler("xyz", [0.3, -1.1, 2.0]).as_matrix()
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ rot.T + np.array([3.0, -7.0, 11.0])
+    perm = np.random.default_rng(0).permutation(len(atoms))
+    shuffled = moved[perm]
+    for other, order in ((moved, np.arange(len(atoms))), (shuffled, perm)):
+        r = pot.compute(other, forces=False)
+        assert np.allclose(r.dipole, rot @ r0.dipole, atol=2e-5)  # equivariant, translation free
+        for key in ("mu", "gap", "U0"):
+            assert r.properties[key] == pytest.approx(r0.properties[key], rel=1e-5, abs=1e-5)
+        assert np.allclose(r.properties["mulliken_charges"],
+                           r0.properties["mulliken_charges"][order], atol=1e-5)
+    assert r0.properties["mu"] == pytest.approx(np.linalg.norm(r0.dipole))
+    # one structure or a padded batch: the same values
+    batch = pot.compute_batch([mols[1].to_atoms(), atoms], forces=False)
+    assert np.allclose(batch[1].dipole, r0.dipole, atol=1e-5)
+    assert batch[1].properties["U0"] == pytest.approx(r0.properties["U0"], rel=1e-7)
+
+
+def test_save_load_keeps_targets_and_old_files_load(property_potential, tmp_path):
+    pot, mols = property_potential
+    pot.save(tmp_path / "p")
+    back = jat.Potential.load(tmp_path / "p")
+    assert back.properties == pot.properties and back.properties[2].shift
+    a = mols[3].to_atoms()
+    assert back.compute(a).properties["U0"] == pytest.approx(pot.compute(a).properties["U0"])
+    # a file written before property targets existed: no "properties" entry
+    plain = jat.Potential.create("schnet", QM9_SPECIES, 4.0, features=8, interactions=1)
+    plain.save(tmp_path / "old")
+    meta_path = tmp_path / "old" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["properties"]
+    meta_path.write_text(json.dumps(meta))
+    old = jat.Potential.load(tmp_path / "old")
+    assert old.properties == () and old.compute(a).properties == {}
+    assert old.compute(a).dipole is None
+
+
+def test_ase_dipole_and_evaluation_in_debye(property_potential):
+    from jat.evaluation import error_metrics, evaluate
+    from jat.properties import DEBYE_PER_EA
+
+    pot, mols = property_potential
+    atoms = mols[4].to_atoms()
+    atoms.calc = pot.calculator()
+    assert "dipole" in atoms.calc.implemented_properties
+    assert np.allclose(atoms.get_dipole_moment(), pot.compute(atoms).dipole, atol=1e-5)
+    figures = error_metrics(evaluate(pot, mols[:5], batch_size=4))["properties"]
+    mu = [abs(pot.compute(m.to_atoms()).properties["mu"] - m.properties["mu"]) for m in mols[:5]]
+    assert figures["mu"]["mae"] == pytest.approx(np.mean(mu), rel=1e-5)
+    assert figures["mu"]["mae_debye"] == pytest.approx(np.mean(mu) * DEBYE_PER_EA, rel=1e-5)
+    assert {"gap", "U0", "mulliken_charges"} <= set(figures)

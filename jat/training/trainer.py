@@ -134,6 +134,7 @@ class Trainer:
             **({"property_outputs": n_channels} if n_channels else {}),
             **dict(cfg.model.hyper),
         ).with_energy_reference(shift=shift, scale=np.full(len(self.species), scale))
+        self.potential = self.potential.with_properties(self.targets)
         # the training labels' distribution, gathered in one pass, for z-scores of predictions
         self.potential = self.potential.with_label_statistics(
             label_statistics(train, shift, self.species)
