@@ -291,3 +291,22 @@ def test_ase_dipole_and_evaluation_in_debye(property_potential):
     assert figures["mu"]["mae"] == pytest.approx(np.mean(mu), rel=1e-5)
     assert figures["mu"]["mae_debye"] == pytest.approx(np.mean(mu) * DEBYE_PER_EA, rel=1e-5)
     assert {"gap", "U0", "mulliken_charges"} <= set(figures)
+
+
+# ---------------------------------------------------------------------------------------------
+# the QM9 recipe's split
+
+
+def test_split_rest_to_test_is_seeded_and_complete(qm9_molecules):
+    from jat.training.splits import split_indices
+
+    a = split_indices(qm9_molecules, validation=4, test="rest", n_train=15, seed=3)
+    assert [len(a[k]) for k in ("train", "validation", "test")] == [15, 4, 5]
+    assert sorted(a["train"] + a["validation"] + a["test"]) == list(range(len(qm9_molecules)))
+    assert a == split_indices(qm9_molecules, validation=4, test="rest", n_train=15, seed=3)
+    assert a != split_indices(qm9_molecules, validation=4, test="rest", n_train=15, seed=4)
+    cfg = config_from_dict({"data": {"split": {"n_train": 110000, "validation": 10000,
+                                               "test": "rest"}}})
+    assert cfg.data.split.test == "rest"
+    with pytest.raises(ConfigError, match="needs split.n_train"):
+        config_from_dict({"data": {"split": {"validation": 10000, "test": "rest"}}})

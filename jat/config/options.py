@@ -8,6 +8,7 @@ Choice lists that jat keeps elsewhere come from their registries: reader formats
 
 from __future__ import annotations
 
+import difflib
 import typing
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from pydantic import Field, model_validator
 from jat.config.model_section import ModelConfig
 from jat.config.values import (
     Amount,
+    AmountOrRest,
     Bool,
     Choice,
     Devices,
@@ -31,6 +33,7 @@ from jat.config.values import (
     Species,
     Text,
     Units,
+    show,
 )
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -75,9 +78,11 @@ class SplitConfig(Section):
     validation: Amount = Field(
         0.1, description="fraction (< 1) or number (>= 1) of structures for validation"
     )
-    test: Amount = Field(
+    test: AmountOrRest = Field(
         0.0,
-        description="fraction or number held out for testing; by molecule: of whole molecules",
+        description="fraction or number held out for testing; by molecule: of whole molecules; "
+        "rest (with n_train): every structure left after validation and the n_train training "
+        "structures, e.g. QM9's 110 000 / 10 000 / rest",
     )
     n_train: Int(gt=0) | None = Field(
         None, description="cap on the number of training structures after the split"
@@ -108,8 +113,22 @@ class SplitConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _rest_to_test(self) -> SplitConfig:
+        if self.test != "rest":
+            return self
+        if self.n_train is None:
+            raise Invalid("test: rest needs split.n_train (the training set's size)",
+                          keys=("test", "n_train"))
+        if self.by == "molecule" or self.kfold is not None:
+            raise Invalid("test: rest splits by configuration, without kfold",
+                          keys=("test",))
+        return self
+
+    @model_validator(mode="after")
     def _fractions_leave_training(self) -> SplitConfig:
         v, t = self.validation, self.test
+        if t == "rest":
+            return self
         if 0 < v < 1 and 0 < t < 1 and v + t >= 1:
             raise Invalid(
                 f"validation and test fractions add up to {v + t:g}; nothing is left for training",
@@ -372,11 +391,12 @@ class Config(Section):
     def _monitored_figure(self) -> Config:
         monitor = self.training.monitor
         targets = tuple(f"{t.key}_mae" for t in self.loss.properties)
-        if monitor not in MONITORS + targets:
-            raise Invalid(
-                f"unknown figure {monitor!r}; choose from {', '.join(MONITORS + targets)}",
-                keys=("training.monitor",),
-            )
+        choices = MONITORS + targets
+        if monitor not in choices:
+            message = f"must be one of {', '.join(choices)}; got {show(monitor)}"
+            close = difflib.get_close_matches(monitor, choices, n=1)
+            message += f" (did you mean {close[0]!r}?)" if close else ""
+            raise Invalid(message, keys=("training.monitor",))
         return self
 
     @model_validator(mode="after")
