@@ -310,3 +310,43 @@ def test_split_rest_to_test_is_seeded_and_complete(qm9_molecules):
     assert cfg.data.split.test == "rest"
     with pytest.raises(ConfigError, match="needs split.n_train"):
         config_from_dict({"data": {"split": {"validation": 10000, "test": "rest"}}})
+
+
+# ---------------------------------------------------------------------------------------------
+# a training run end to end
+
+
+def test_charge_only_run_trains_saves_and_reports_its_targets(tmp_path):
+    """SchNet (invariant: the charge-only dipole) on mu and gap alone, from a qm9pack CSV file
+    cut to 25 molecules: the best potential carries the targets, the summary their MAEs."""
+    import csv
+
+    from jat.data.qm9 import qm9pack_dir
+    from jat.training import train
+
+    with (qm9pack_dir() / "qm9_part1.csv").open(newline="") as f, (
+        tmp_path / "qm9_part1.csv"
+    ).open("w", newline="") as g:
+        csv.writer(g).writerows(itertools.islice(csv.reader(f), 26))
+    cfg = config_from_dict({
+        "name": "props", "run_dir": str(tmp_path / "run"),
+        "data": {"train": str(tmp_path / "qm9_part1.csv"), "format": "qm9",
+                 "split": {"n_train": 16, "validation": 5, "test": "rest"}},
+        "model": {"name": "schnet", "cutoff": 4.0, "features": 8, "interactions": 1},
+        "loss": {"forces_weight": 0.0, "energy_weight": 0.0, "properties": [
+            {"key": "mu", "kind": "dipole", "alpha": 0.05},
+            {"key": "gap", "kind": "intensive", "alpha": 0.1, "weight": 0.5}]},
+        "training": {"epochs": 2, "batch_size": 8, "max_buckets": 1},
+        "logging": {"progress": "none"},
+    })
+    result = train(cfg)
+    assert result.summary["n_structures"]["test"] == 4
+    for name in ("validation", "test"):
+        figures = result.summary[name]
+        assert np.isfinite(figures["mu_mae"]) and np.isfinite(figures["gap_rmse"]), name
+    best = jat.Potential.load(tmp_path / "run")
+    assert [(t.key, t.kind, t.channel) for t in best.properties] == [
+        ("mu", "dipole", 0), ("gap", "intensive", 1)]
+    assert best.module.property_outputs == 2
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "val_mu_mae" in rows[-1] and "train_loss_mu" in rows[-1]
