@@ -350,3 +350,23 @@ def test_charge_only_run_trains_saves_and_reports_its_targets(tmp_path):
     assert best.module.property_outputs == 2
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "val_mu_mae" in rows[-1] and "train_loss_mu" in rows[-1]
+
+
+def test_a_missing_label_has_weight_zero(qm9_molecules):
+    mols = [m for m in qm9_molecules if set(m.symbols) <= set(QM9_SPECIES)][:4]
+    props = {k: v for k, v in mols[1].properties.items() if k not in ("gap", "mulliken_charges")}
+    mols[1] = dataclasses.replace(mols[1], properties=props)
+    targets, _ = assign_channels(ENTRIES, True)
+    targets = tuple(fit_target(t, mols, QM9_SPECIES) for t in targets)
+    data = build_dataset(mols, QM9_SPECIES, 4.0, np.zeros(4), [32], targets)
+    bucket = data.buckets[0]
+    row = int(np.flatnonzero(bucket.index == 1)[0])
+    batch = bucket.batch(np.arange(4), 6, jnp.float32)  # two fill rows
+    w = np.asarray(batch.property_weight["gap"])
+    assert w[row] == 0 and w.sum() == 3 and np.asarray(batch.property_weight["mu"]).sum() == 4
+    assert np.asarray(batch.properties["mulliken_charges"]).shape == (6 * 32,)
+    # labels less their reference: U0 minus the per-species shift, in float64 on the host
+    z = [QM9_SPECIES.index(x) for x in mols[0].symbols]
+    r0 = int(np.flatnonzero(bucket.index == 0)[0])
+    assert bucket.properties["U0"][r0] == pytest.approx(
+        mols[0].properties["U0"] - np.sum(np.asarray(targets[2].shift)[z]))
