@@ -175,6 +175,15 @@ class Trainer:
             f"{dict(zip(self.species, np.round(shift, 4).tolist(), strict=True))} eV, "
             f"scale {scale:.4g} eV"
         )
+        if self.targets:
+            described = ", ".join(
+                f"{t.key} ({t.kind}, "
+                + ("the dipole head" if t.channel == properties.HEAD else f"channel {t.channel}")
+                + (f", mean {t.offset:.4g}" if t.kind == "intensive" else "")
+                + f", scale {t.scale:.4g})"
+                for t in self.targets
+            )
+            self.out.message(f"property targets: {described}")
         rep = self.potential.repulsion
         if rep is not None:
             r = rep.pair_radii
