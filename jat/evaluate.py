@@ -106,6 +106,11 @@ def _print_table(m: dict) -> None:
     rows += [
         (f"  forces on {sym}", "eV/Å", v) for sym, v in m.get("forces_per_species", {}).items()
     ]
+    for key, v in m.get("properties", {}).items():  # in jat units; a dipole also in Debye
+        rows.append((key, "jat units", v))
+        if "mae_debye" in v:
+            debye = {"mae": v["mae_debye"], "rmse": v["rmse_debye"], "n": v["n"]}
+            rows.append((f"  {key}", "D", debye))
     print(f"{'quantity':22s} {'MAE':>12s} {'RMSE':>12s} {'n':>8s}", file=sys.stderr)
     for name, unit, v in rows:
         if v:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from jat.data.structure import Structure
+from jat.properties import DEBYE_PER_EA
 from jat.uncertainty import Calibration, coverage, gaussian_nll, miscalibration_area, nll_factor
 
 
@@ -31,6 +32,9 @@ class Evaluation:
     eV/Å, ``symbols`` (A,), ``structure`` (A,) the index of the atom's structure. The σ arrays
     are None for a single potential; ``energy_z`` (M,) and ``forces_z`` (A,) the z-scores
     against the training labels, None when the potential has no label statistics.
+    ``properties`` and ``properties_ref``: per property target of the potential, predictions
+    and labels (M,), or (A,) for an atomic target (|μ| in e·Å for a dipole);
+    ``property_kinds``: each target's kind.
     """
 
     energy: np.ndarray
@@ -48,6 +52,9 @@ class Evaluation:
     stress_std: np.ndarray | None = None
     energy_z: np.ndarray | None = None
     forces_z: np.ndarray | None = None
+    properties: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    properties_ref: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    property_kinds: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def committee(self) -> bool:
@@ -89,7 +96,8 @@ def evaluate(
                 raise
             for k, r in zip(rows, out, strict=True):
                 results[k] = r
-    return _collect(structures, results, bool(getattr(potential, "members", None)))
+    targets = tuple(getattr(potential, "properties", ()))
+    return _collect(structures, results, bool(getattr(potential, "members", None)), targets)
 
 
 def _raise_for_the_culprit(potential: Any, structures: Sequence[Structure], rows) -> None:
@@ -102,7 +110,9 @@ def _raise_for_the_culprit(potential: Any, structures: Sequence[Structure], rows
             raise ValueError(f"{structures[k].source or f'structure {k}'}: {err}") from None
 
 
-def _collect(structures: Sequence[Structure], results: Sequence[Any], committee: bool):
+def _collect(
+    structures: Sequence[Structure], results: Sequence[Any], committee: bool, targets=()
+):
     nan33 = np.full((3, 3), np.nan)
 
     def label(x, shape):
@@ -124,6 +134,9 @@ def _collect(structures: Sequence[Structure], results: Sequence[Any], committee:
         "stress_ref": np.stack([label(s.stress, (3, 3)) for s in structures]),
         "sources": tuple(s.source for s in structures),
     }
+    if targets:
+        out["properties"], out["properties_ref"] = _property_columns(structures, results, targets)
+        out["property_kinds"] = {t.key: t.kind for t in targets}
     if all(r.energy_z is not None for r in results):
         out["energy_z"] = np.array([r.energy_z for r in results])
     if all(r.forces_z is not None for r in results):
@@ -135,6 +148,22 @@ def _collect(structures: Sequence[Structure], results: Sequence[Any], committee:
             [nan33 if r.stress_std is None else r.stress_std for r in results]
         )
     return Evaluation(**out)
+
+
+def _property_columns(structures, results, targets):
+    """Predictions and labels of every property target, NaN where a label is missing."""
+    pred, ref = {}, {}
+    for t in targets:
+        if t.kind == "atomic":
+            pred[t.key] = np.concatenate([np.asarray(r.properties[t.key]) for r in results])
+            ref[t.key] = np.concatenate([
+                np.asarray(s.properties[t.key], np.float64).reshape(-1)
+                if t.key in s.properties else np.full(s.n_atoms, np.nan) for s in structures
+            ])
+        else:
+            pred[t.key] = np.array([float(r.properties[t.key]) for r in results])
+            ref[t.key] = np.array([float(s.properties.get(t.key, np.nan)) for s in structures])
+    return pred, ref
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,8 +222,10 @@ def _uncertainty_figures(errors: np.ndarray, stds: np.ndarray) -> dict[str, floa
 
 def error_metrics(ev: Evaluation) -> dict[str, Any]:
     """MAE/RMSE of energy (per structure, eV, and per atom, eV/atom), forces (components, eV/Å;
-    also per species) and stress (components, eV/Å³); for committees also the uncertainty
-    figures: NLL, Spearman correlation of |error| with σ, 1σ/2σ coverage, miscalibration area;
+    also per species), stress (components, eV/Å³) and every property target (``properties``:
+    key → figures in its unit; a dipole's |μ| in e·Å and, ``mae_debye``, in Debye); for
+    committees also the uncertainty figures: NLL, Spearman correlation of |error| with σ,
+    1σ/2σ coverage, miscalibration area;
     with label statistics, how well the z-scores rank the errors (``z_score``)."""
     de = ev.energy - ev.energy_ref
     df = ev.forces - ev.forces_ref
@@ -210,6 +241,16 @@ def error_metrics(ev: Evaluation) -> dict[str, Any]:
         "stress": _mae_rmse(ev.stress - ev.stress_ref),
     }
     out = {k: v for k, v in out.items() if v != {}}
+    props = {}
+    for key, kind in ev.property_kinds.items():
+        fig = _mae_rmse(ev.properties[key] - ev.properties_ref[key])
+        if fig and kind == "dipole":
+            fig["mae_debye"] = fig["mae"] * DEBYE_PER_EA
+            fig["rmse_debye"] = fig["rmse"] * DEBYE_PER_EA
+        if fig:
+            props[key] = fig
+    if props:
+        out["properties"] = props
     z = _z_score_figures(ev, de, df)
     if z:
         out["z_score"] = z

@@ -50,10 +50,13 @@ DEFAULT_HYPER = FrozenMapping(layers=3, width=32, heads=1)
 _FILE_KEY = "jat.config.file"
 FILE_CONTEXT = {_FILE_KEY: True}
 #: Model-class fields that are not hyperparameters: set by Flax, or from data.species/model.cutoff.
-NOT_HYPER = frozenset({"parent", "name", "num_species", "cutoff", "readout_heads"})
+NOT_HYPER = frozenset(
+    {"parent", "name", "num_species", "cutoff", "readout_heads", "property_outputs"}
+)
 _SET_ELSEWHERE = {
     "num_species": " (the number of elements in data.species or in the data)",
     "readout_heads": " (set by model.ensemble: {kind: shallow, members: K})",
+    "property_outputs": " (set by the targets of loss.properties)",
 }
 
 

@@ -8,6 +8,8 @@ Choice lists that jat keeps elsewhere come from their registries: reader formats
 
 from __future__ import annotations
 
+import difflib
+import typing
 from typing import Annotated, Any
 
 from pydantic import Field, model_validator
@@ -15,6 +17,7 @@ from pydantic import Field, model_validator
 from jat.config.model_section import ModelConfig
 from jat.config.values import (
     Amount,
+    AmountOrRest,
     Bool,
     Choice,
     Devices,
@@ -30,6 +33,7 @@ from jat.config.values import (
     Species,
     Text,
     Units,
+    show,
 )
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -74,9 +78,11 @@ class SplitConfig(Section):
     validation: Amount = Field(
         0.1, description="fraction (< 1) or number (>= 1) of structures for validation"
     )
-    test: Amount = Field(
+    test: AmountOrRest = Field(
         0.0,
-        description="fraction or number held out for testing; by molecule: of whole molecules",
+        description="fraction or number held out for testing; by molecule: of whole molecules; "
+        "rest (with n_train): every structure left after validation and the n_train training "
+        "structures, e.g. QM9's 110 000 / 10 000 / rest",
     )
     n_train: Int(gt=0) | None = Field(
         None, description="cap on the number of training structures after the split"
@@ -107,8 +113,22 @@ class SplitConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _rest_to_test(self) -> SplitConfig:
+        if self.test != "rest":
+            return self
+        if self.n_train is None:
+            raise Invalid("test: rest needs split.n_train (the training set's size)",
+                          keys=("test", "n_train"))
+        if self.by == "molecule" or self.kfold is not None:
+            raise Invalid("test: rest splits by configuration, without kfold",
+                          keys=("test",))
+        return self
+
+    @model_validator(mode="after")
     def _fractions_leave_training(self) -> SplitConfig:
         v, t = self.validation, self.test
+        if t == "rest":
+            return self
         if 0 < v < 1 and 0 < t < 1 and v + t >= 1:
             raise Invalid(
                 f"validation and test fractions add up to {v + t:g}; nothing is left for training",
@@ -157,8 +177,37 @@ class DataConfig(Section):
         return self
 
 
+#: the kinds of property targets (:data:`jat.properties.KINDS`)
+PROPERTY_KINDS = ("extensive", "intensive", "dipole", "atomic")
+#: names of the energy and force figures, which a property target's key may not take
+RESERVED_KEYS = ("energy", "energy_atom", "forces", "loss", "weight", "finite")
+#: the fixed choices of training.monitor (besides <key>_mae of a property target)
+MONITORS = ("auto", "forces_mae", "energy_mae", "loss")
+
+
+class PropertyTargetConfig(Section):
+    """One property target of the loss: a key of the structures' properties, how the network
+    forms it, and its log-cosh term."""
+
+    key: Text = Field(
+        description="the property's name in the data (QM9: A, B, C, mu, alpha, homo, lumo, "
+        "gap, r2, zpve, U0, U, H, G, Cv, mulliken_charges)",
+    )
+    kind: Annotated[str, Choice(PROPERTY_KINDS)] = Field(
+        description="extensive: sum of atomic contributions plus a per-species reference; "
+        "intensive: mean over atoms; dipole: μ = Σ q_i (r_i − centroid) + Σ μ_i, compared as "
+        "|μ| with the label (e·Å); atomic: one value per atom",
+    )
+    weight: Float(ge=0) = Field(1.0, description="weight of the target's log-cosh term")
+    alpha: Float(gt=0) = Field(
+        0.01, description="log-cosh scale α in the target's unit (per structure; per atom "
+        "for atomic targets)"
+    )
+
+
 class LossConfig(Section):
-    """The training loss: log-cosh of force components and of the energy per atom."""
+    """The training loss: log-cosh of force components, of the energy per atom and of any
+    property targets."""
 
     forces_weight: Float(ge=0) = Field(1.0, description="weight of the force term")
     energy_weight: Float(ge=0) = Field(0.0, description="weight ρ of the energy-per-atom term")
@@ -177,14 +226,39 @@ class LossConfig(Section):
     ensemble_weight: Float(ge=0) = Field(
         1.0, description="weight of the shallow ensemble's score relative to the loss of the mean"
     )
+    properties: tuple[PropertyTargetConfig, ...] = Field(
+        (),
+        description="property targets, e.g. [{key: mu, kind: dipole, alpha: 0.01}, "
+        "{key: gap, kind: intensive, weight: 1, alpha: 0.05}]",
+    )
 
     @model_validator(mode="after")
     def _something_trained(self) -> LossConfig:
-        if self.forces_weight == 0 and self.energy_weight == 0:
+        trained = any(t.weight > 0 for t in self.properties)
+        if self.forces_weight == 0 and self.energy_weight == 0 and not trained:
             raise Invalid(
-                "forces_weight and energy_weight are both 0; nothing would be trained",
+                "forces_weight and energy_weight are both 0 and no property target has a "
+                "weight; nothing would be trained",
                 keys=("forces_weight", "energy_weight"),
             )
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_targets(self) -> LossConfig:
+        seen: dict[str, int] = {}
+        for k, t in enumerate(self.properties):
+            if t.key in RESERVED_KEYS:
+                raise Invalid(
+                    f"entry {k}: key {t.key!r} is the name of a figure of jat's own; reserved: "
+                    f"{', '.join(RESERVED_KEYS)}",
+                    keys=(f"properties.{k}.key",),
+                )
+            if t.key in seen:
+                raise Invalid(
+                    f"entry {k}: key {t.key!r} is already the target of entry {seen[t.key]}",
+                    keys=(f"properties.{k}.key",),
+                )
+            seen[t.key] = k
         return self
 
 
@@ -259,8 +333,11 @@ class TrainingConfig(Section):
     patience: Int(gt=0) | None = Field(
         None, description="stop after this many epochs without a better validation score"
     )
-    monitor: Annotated[str, Choice(("auto", "forces_mae", "energy_mae", "loss"))] = Field(
-        "auto", description="score of the best model; auto: forces_mae if forces are trained"
+    monitor: Text = Field(
+        "auto",
+        description="score of the best model: auto, forces_mae, energy_mae, loss, or <key>_mae "
+        "of a property target (e.g. mu_mae); auto: forces_mae if forces are trained, else "
+        "energy_mae if energies are, else the first property target's MAE",
     )
     eval_every: Int(gt=0) = Field(1, description="validate every this many epochs")
     max_buckets: Int(gt=0) = Field(
@@ -311,6 +388,18 @@ class Config(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
+    def _monitored_figure(self) -> Config:
+        monitor = self.training.monitor
+        targets = tuple(f"{t.key}_mae" for t in self.loss.properties)
+        choices = MONITORS + targets
+        if monitor not in choices:
+            message = f"must be one of {', '.join(choices)}; got {show(monitor)}"
+            close = difflib.get_close_matches(monitor, choices, n=1)
+            message += f" (did you mean {close[0]!r}?)" if close else ""
+            raise Invalid(message, keys=("training.monitor",))
+        return self
+
+    @model_validator(mode="after")
     def _shallow_without_kfold(self) -> Config:
         ensemble = getattr(self.model, "ensemble", None)
         shallow = ensemble is not None and ensemble.kind == "shallow" and ensemble.members > 1
@@ -331,11 +420,17 @@ def json_schema() -> dict[str, Any]:
 
 
 def section_class(path: tuple[str, ...]) -> type[Section] | None:
-    """The section model at a dotted path (``()``: :class:`Config`), ``None`` if not a section."""
+    """The section model at a dotted path (``()``: :class:`Config`), ``None`` if not a section;
+    a number steps into a list of sections (``loss.properties.0``)."""
     cls: Any = Config
     for part in path:
-        info = cls.model_fields.get(part) if isinstance(cls, type) else None
-        cls = info.annotation if info is not None else None
+        if part.isdigit() and typing.get_origin(cls) is tuple:
+            cls = typing.get_args(cls)[0]
+        else:
+            info = cls.model_fields.get(part) if isinstance(cls, type) else None
+            cls = info.annotation if info is not None else None
+        if typing.get_origin(cls) is tuple:
+            continue
         if not (isinstance(cls, type) and issubclass(cls, Section)):
             return None
     return cls
@@ -350,6 +445,8 @@ __all__ = [
     "LoggingConfig",
     "LossConfig",
     "OptimizerConfig",
+    "PROPERTY_KINDS",
+    "PropertyTargetConfig",
     "Qm9Config",
     "SplitConfig",
     "TrainingConfig",

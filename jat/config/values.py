@@ -435,6 +435,28 @@ def _amount(value: Any) -> float | int:
     return int(result)
 
 
+def _amount_or_rest(value: Any) -> float | int | str:
+    if isinstance(value, str) and value.strip().lower() == "rest":
+        return "rest"
+    return _amount(value)
+
+
+#: An :data:`Amount`, or "rest": whatever the other sets leave.
+AmountOrRest = Annotated[
+    Any,
+    BeforeValidator(_amount_or_rest),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                {"type": "integer", "minimum": 1},
+                {"const": "rest"},
+            ]
+        }
+    ),
+]
+
+
 #: A fraction (0 <= x < 1, stored as float) or a count (a whole number >= 1, stored as int).
 Amount = Annotated[
     Any,
@@ -632,6 +654,7 @@ class Section(BaseModel):
 __all__ = [
     "ELEMENTS",
     "Amount",
+    "AmountOrRest",
     "Bool",
     "Choice",
     "Devices",

@@ -82,7 +82,7 @@ import jraph
 import numpy as np
 
 from jat.models import hyper
-from jat.models.blocks import swish
+from jat.models.blocks import PropertyHead, swish
 
 Array = jax.Array
 
@@ -414,6 +414,9 @@ class BesselNN(nn.Module):
         core: "plain" (NeuralIL's ``Core``) or "residual" (NeuralIL 2023's ``ResNetCore``).
         readout_heads: outputs of the last readout layer (1; K for a shallow ensemble, set by
             ``model.ensemble: {kind: shallow, members: K}``): per-atom outputs (N, K).
+        property_outputs: P extra per-atom scalar outputs from a separate small head (property
+            targets, set by ``loss.properties``); with P > 0 the network returns
+            ``{"energy": …, "properties": (N, P)}``, 0 on padded atoms.
     """
 
     num_species: int
@@ -423,6 +426,7 @@ class BesselNN(nn.Module):
     widths: Sequence[int] = (64, 32, 16)
     core: str = "plain"
     readout_heads: int = 1
+    property_outputs: int = 0
 
     def __post_init__(self):
         hyper.common(self.num_species, self.cutoff)
@@ -431,6 +435,7 @@ class BesselNN(nn.Module):
         hyper.widths("widths", self.widths, allow_empty=False)
         hyper.choice("core", self.core, CORES)
         hyper.readout_heads(self.readout_heads)
+        hyper.property_outputs(self.property_outputs)
         super().__post_init__()
 
     @nn.compact
@@ -471,4 +476,9 @@ class BesselNN(nn.Module):
                     x
                 )
         y = nn.Dense(self.readout_heads, name="outlet")(x)
-        return hyper.heads_output(y, self.readout_heads, node_mask)
+        energy = hyper.heads_output(y, self.readout_heads, node_mask)
+        props = None
+        if self.property_outputs:
+            head = PropertyHead(max(widths[-1], 8), self.property_outputs, name="properties")
+            props = head(x)
+        return hyper.with_properties(energy, props, node_mask)

@@ -222,6 +222,20 @@ def weighted_segment_softmax(
 # Readout
 
 
+class PropertyHead(nn.Module):
+    """A small per-atom readout of P property channels beside the energy readout:
+    Dense(width) → swish → Dense(P), (N, F) → (N, P). Kept apart from the energy readout, so
+    that a model without property outputs has exactly the parameters it had before."""
+
+    width: int
+    outputs: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        h = swish(nn.Dense(self.width, name="hidden")(x))
+        return nn.Dense(self.outputs, name="out")(h)
+
+
 class ReadoutMLP(nn.Module):
     """Per-atom pyramidal readout: (Dense → LayerNorm → swish) for each width, then Dense(1).
 

@@ -94,6 +94,25 @@ def heads_output(y: Any, heads: int, node_mask: Any) -> Any:
     return jnp.where(node_mask[:, None], y, 0.0)
 
 
+MAX_PROPERTIES = 256  # extra per-atom scalar outputs (property targets)
+
+
+def property_outputs(value: Any) -> int:
+    """P, the number of extra per-atom scalar outputs of a model's property head (0: none)."""
+    return integer("property_outputs", value, 0, MAX_PROPERTIES)
+
+
+def with_properties(energy: Any, properties: Any, node_mask: Any) -> Any:
+    """A network's return value: the per-atom energies alone when there is no property head
+    (``properties`` None), else ``{"energy": energy, "properties": (N, P)}`` with the property
+    outputs 0 on padded atoms."""
+    import jax.numpy as jnp
+
+    if properties is None:
+        return energy
+    return {"energy": energy, "properties": jnp.where(node_mask[:, None], properties, 0.0)}
+
+
 def common(num_species: Any, cutoff: Any) -> None:
     """The two arguments every model takes from the potential."""
     integer("num_species", num_species, 1, MAX_SPECIES)
@@ -104,6 +123,7 @@ __all__ = [
     "MAX_BASIS",
     "MAX_HEADS",
     "MAX_LAYERS",
+    "MAX_PROPERTIES",
     "MAX_SPECIES",
     "MAX_WIDTH",
     "HyperparameterError",
@@ -113,6 +133,8 @@ __all__ = [
     "integer",
     "heads_output",
     "positive_number",
+    "property_outputs",
     "readout_heads",
     "widths",
+    "with_properties",
 ]

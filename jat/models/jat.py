@@ -30,6 +30,7 @@ from jat.models import hyper
 from jat.models.blocks import (
     EDGE_FEATURES,
     ENVELOPES,
+    PropertyHead,
     ReadoutMLP,
     edge_features,
     edge_lengths,
@@ -108,6 +109,9 @@ class JAT(nn.Module):
         readout: widths of the pyramidal readout MLP before the final Dense(1).
         readout_heads: outputs of the last readout layer (1; K for a shallow ensemble, set by
             ``model.ensemble: {kind: shallow, members: K}``): per-atom outputs (N, K).
+        property_outputs: P extra per-atom scalar outputs from a separate small head (property
+            targets, set by ``loss.properties``); with P > 0 the network returns
+            ``{"energy": …, "properties": (N, P)}``, 0 on padded atoms.
     """
 
     num_species: int
@@ -122,6 +126,7 @@ class JAT(nn.Module):
     envelope: str = "polynomial"
     readout: Sequence[int] = (64, 32, 16, 16)
     readout_heads: int = 1
+    property_outputs: int = 0
 
     def __post_init__(self):
         hyper.common(self.num_species, self.cutoff)
@@ -138,6 +143,7 @@ class JAT(nn.Module):
         hyper.choice("envelope", self.envelope, tuple(ENVELOPES))
         hyper.widths("readout", self.readout, allow_empty=True)
         hyper.readout_heads(self.readout_heads)
+        hyper.property_outputs(self.property_outputs)
         super().__post_init__()
 
     @nn.compact
@@ -148,7 +154,7 @@ class JAT(nn.Module):
         senders: Array,
         receivers: Array,
         edge_mask: Array,
-    ) -> Array:
+    ) -> Array | dict[str, Array]:
         """Per-atom outputs.
 
         Args:
@@ -158,7 +164,8 @@ class JAT(nn.Module):
             edge_mask: (E,) bool, True for real edges.
 
         Returns:
-            (N,) per-atom outputs y_i, exactly 0 on padded atoms.
+            (N,) per-atom outputs y_i, exactly 0 on padded atoms; with ``property_outputs``
+            P > 0 a dict with ``energy`` (N,) and ``properties`` (N, P).
         """
         node_mask = species >= 0
         r = edge_lengths(edge_vectors, edge_mask)
@@ -171,4 +178,9 @@ class JAT(nn.Module):
             )
         y = ReadoutMLP(tuple(self.readout), heads=self.readout_heads, name="readout")(h)
         mask = node_mask if self.readout_heads == 1 else node_mask[:, None]
-        return jnp.where(mask, y, 0.0)
+        energy = jnp.where(mask, y, 0.0)
+        props = None
+        if self.property_outputs:
+            head = PropertyHead(max(self.width, 8), self.property_outputs, name="properties")
+            props = head(h)
+        return hyper.with_properties(energy, props, node_mask)

@@ -33,6 +33,7 @@ import jraph
 from jat.models import hyper
 from jat.models.blocks import (
     HalfEdges,
+    PropertyHead,
     bessel_rbf,
     cosine_cutoff,
     edge_lengths,
@@ -144,6 +145,9 @@ class PaiNN(nn.Module):
             rotating with the molecule) from two gated equivariant blocks.
         readout_heads: outputs of the last readout layer (1; K for a shallow ensemble, set by
             ``model.ensemble: {kind: shallow, members: K}``): per-atom outputs (N, K).
+        property_outputs: P extra per-atom scalar outputs from a separate small head (property
+            targets, set by ``loss.properties``); with P > 0 the network returns
+            ``{"energy": …, "properties": (N, P)}``, 0 on padded atoms.
     """
 
     num_species: int
@@ -154,6 +158,7 @@ class PaiNN(nn.Module):
     shared_filters: bool = False
     dipole_head: bool = False
     readout_heads: int = 1
+    property_outputs: int = 0
 
     def __post_init__(self):
         hyper.common(self.num_species, self.cutoff)
@@ -163,6 +168,7 @@ class PaiNN(nn.Module):
         hyper.boolean("shared_filters", self.shared_filters)
         hyper.boolean("dipole_head", self.dipole_head)
         hyper.readout_heads(self.readout_heads)
+        hyper.property_outputs(self.property_outputs)
         super().__post_init__()
 
     @nn.compact
@@ -184,7 +190,8 @@ class PaiNN(nn.Module):
 
         Returns:
             (N,) outputs y_i, exactly 0 on padded atoms; with ``dipole_head`` a dict with
-            ``energy`` (N,), ``charges`` (N,) and ``atomic_dipoles`` (N, 3), all 0 on padding.
+            ``energy`` (N,), ``charges`` (N,) and ``atomic_dipoles`` (N, 3), all 0 on padding;
+            with ``property_outputs`` P > 0 also ``properties`` (N, P).
         """
         f, t = int(self.features), int(self.interactions)
         n = species.shape[0]
@@ -209,12 +216,18 @@ class PaiNN(nn.Module):
         y = nn.Dense(f // 2, name="readout_1")(s)
         y = nn.Dense(self.readout_heads, name="readout_2")(swish(y))
         energy = hyper.heads_output(y, self.readout_heads, node_mask)
+        props = None
+        if self.property_outputs:
+            props = PropertyHead(f // 2, self.property_outputs, name="properties")(s)
         if not self.dipole_head:
-            return energy
+            return hyper.with_properties(energy, props, node_mask)
         hs, hv = GatedEquivariant(f // 2, name="dipole_1")(s, v)
         q, mu = GatedEquivariant(1, activation=False, name="dipole_2")(hs, hv)
-        return {
+        out = {
             "energy": energy,
             "charges": jnp.where(node_mask, q[:, 0], 0.0),
             "atomic_dipoles": jnp.where(node_mask[:, None], mu[:, :, 0], 0.0),
         }
+        if props is not None:
+            out["properties"] = jnp.where(node_mask[:, None], props, 0.0)
+        return out

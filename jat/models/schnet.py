@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jat.models import hyper
 from jat.models.blocks import (
     HalfEdges,
+    PropertyHead,
     cosine_cutoff,
     edge_lengths,
     gaussian_rbf,
@@ -63,6 +64,9 @@ class SchNet(nn.Module):
         norm: None, "layernorm" or "rmsnorm", applied after every interaction.
         readout_heads: outputs of the last readout layer (1; K for a shallow ensemble, set by
             ``model.ensemble: {kind: shallow, members: K}``): per-atom outputs (N, K).
+        property_outputs: P extra per-atom scalar outputs from a separate small head (property
+            targets, set by ``loss.properties``); with P > 0 the network returns
+            ``{"energy": …, "properties": (N, P)}``, 0 on padded atoms.
     """
 
     num_species: int
@@ -74,6 +78,7 @@ class SchNet(nn.Module):
     filters: int | None = None
     norm: str | None = None
     readout_heads: int = 1
+    property_outputs: int = 0
 
     def __post_init__(self):
         hyper.common(self.num_species, self.cutoff)
@@ -87,6 +92,7 @@ class SchNet(nn.Module):
             hyper.integer("filters", self.filters, 1, hyper.MAX_WIDTH)
         hyper.choice("norm", self.norm, NORMS)
         hyper.readout_heads(self.readout_heads)
+        hyper.property_outputs(self.property_outputs)
         super().__post_init__()
 
     @nn.compact
@@ -97,8 +103,9 @@ class SchNet(nn.Module):
         senders: Array,
         receivers: Array,
         edge_mask: Array,
-    ) -> Array:
-        """Per-atom outputs (N,); same arguments as :class:`jat.models.JAT`."""
+    ) -> Array | dict[str, Array]:
+        """Per-atom outputs (N,) (a dict with ``properties`` (N, P) too when
+        ``property_outputs`` > 0); same arguments as :class:`jat.models.JAT`."""
         node_mask = species >= 0
         # The filter depends on |r_ij| only: evaluate it once per pair, message both ways.
         half = half_edges(edge_vectors, senders, receivers, edge_mask, species.shape[0])
@@ -125,4 +132,9 @@ class SchNet(nn.Module):
                 x = nn.RMSNorm(name=f"norm_{t}")(x)
         y = nn.Dense(self.features // 2, name="readout_1")(x)
         y = nn.Dense(self.readout_heads, name="readout_2")(shifted_softplus(y))
-        return hyper.heads_output(y, self.readout_heads, node_mask)
+        energy = hyper.heads_output(y, self.readout_heads, node_mask)
+        props = None
+        if self.property_outputs:
+            head = PropertyHead(self.features // 2, self.property_outputs, name="properties")
+            props = head(x)
+        return hyper.with_properties(energy, props, node_mask)

@@ -57,6 +57,7 @@ class Metadata:
     ensemble: str | None = None
     calibration: dict[str, Any] | None = None
     label_statistics: dict[str, Any] | None = None
+    properties: list[dict[str, Any]] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +88,7 @@ def metadata_dict(potential: Any, jat_version: str) -> dict[str, Any]:
         "label_statistics": None
         if potential.label_statistics is None
         else _finite_or_null(potential.label_statistics.to_dict()),
+        "properties": [t.to_dict() for t in potential.properties],
         "num_params": int(sum(np.size(x) for x in jax.tree.leaves(potential.params))),
     }
 
@@ -243,6 +245,11 @@ def read_metadata(directory: Path, known_models: Mapping[str, Any]) -> Metadata:
     stats = meta.get("label_statistics")
     if stats is not None and not isinstance(stats, dict):
         raise bad("label_statistics", f"must be null or an object, got {_kind(stats)}")
+    targets = meta.get("properties")  # absent from files written before property targets
+    if targets is not None and not (
+        isinstance(targets, list) and all(isinstance(t, dict) for t in targets)
+    ):
+        raise bad("properties", f"must be null or a list of objects, got {_kind(targets)}")
     kwargs = meta.get("model_kwargs", {})
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise bad("model_kwargs", f"must be an object of hyperparameters, got {_kind(kwargs)}")
@@ -269,6 +276,7 @@ def read_metadata(directory: Path, known_models: Mapping[str, Any]) -> Metadata:
         ensemble=ensemble,
         calibration=calibration,
         label_statistics=stats,
+        properties=targets,
     )
 
 

@@ -42,6 +42,7 @@ from jat.potential.results import (
     with_z_scores,
 )
 from jat.predictor import composition_energy, predict_any, stress_from_virial
+from jat.properties import HEAD, Target, property_channels, property_values
 from jat.uncertainty import Calibration, LabelStatistics
 
 
@@ -72,6 +73,9 @@ class Potential:
         label_statistics: the training labels' mean and standard deviation
             (:class:`jat.uncertainty.LabelStatistics`, set by training), for the z-scores in
             the results; None: no z-scores.
+        properties: property targets (:class:`jat.properties.Target`, set by training with
+            ``loss.properties``): every evaluation also gives their values
+            (``Results.properties``, ``Results.dipole``).
         compiled: the cache of compiled functions, device constants and neighbour-list bounds
             (:class:`jat.potential.compiled.CompiledCache`); every copy starts with an empty one.
     """
@@ -89,6 +93,7 @@ class Potential:
     members: int | None = None
     calibration: Calibration = dataclasses.field(default_factory=Calibration)
     label_statistics: LabelStatistics | None = None
+    properties: tuple[Target, ...] = ()
     compiled: CompiledCache = dataclasses.field(
         default_factory=CompiledCache, init=False, repr=False, compare=False
     )
@@ -100,6 +105,16 @@ class Potential:
                 f"the module has {heads} readout heads (a shallow ensemble) but members is "
                 f"{self.members!r}; a shallow ensemble has members = readout_heads"
             )
+        channels = int(getattr(self.module, "property_outputs", 0))
+        if property_channels(self.properties) > channels:
+            raise ValueError(
+                f"the property targets read {property_channels(self.properties)} channel(s) "
+                f"but the module has property_outputs={channels}"
+            )
+        if any(t.channel == HEAD for t in self.properties) and not getattr(
+            self.module, "dipole_head", False
+        ):
+            raise ValueError("a dipole target reads the dipole head, which the module lacks")
 
     # ---------------------------------------------------------------- construction
 
@@ -228,6 +243,7 @@ class Potential:
             members=len(singles),
             calibration=Calibration() if calibration is None else calibration,
             label_statistics=first.label_statistics,
+            properties=first.properties,  # member 0's normalisation of the targets
         )
 
     @property
@@ -283,6 +299,19 @@ class Potential:
         if statistics is not None and not isinstance(statistics, LabelStatistics):
             raise TypeError(f"expected jat.uncertainty.LabelStatistics, got {type(statistics)}")
         return dataclasses.replace(self, label_statistics=statistics)
+
+    def with_properties(self, targets: Sequence[Target]) -> Potential:
+        """A copy whose evaluations also give the values of ``targets``
+        (:class:`jat.properties.Target`, reading the module's property channels)."""
+        targets = tuple(targets)
+        if not all(isinstance(t, Target) for t in targets):
+            raise TypeError("expected jat.properties.Target values")
+        return dataclasses.replace(self, properties=targets)
+
+    @property
+    def dipole_target(self) -> Target | None:
+        """The first dipole target, or None."""
+        return next((t for t in self.properties if t.kind == "dipole"), None)
 
     def with_calibration(self, calibration: Calibration) -> Potential:
         """A copy whose σ are multiplied by ``calibration``'s factors (a committee's only)."""
@@ -524,6 +553,10 @@ class Potential:
         except (TypeError, ValueError) as err:
             raise files.PotentialFileError(f"{where} 'calibration': {err}") from None
         try:
+            targets = tuple(Target.from_dict(t) for t in meta.properties or ())
+        except (KeyError, TypeError, ValueError) as err:
+            raise files.PotentialFileError(f"{where} 'properties': {err}") from None
+        try:
             stats = None
             if meta.label_statistics is not None:
                 stats = LabelStatistics.from_dict(meta.label_statistics)
@@ -555,6 +588,7 @@ class Potential:
             members=meta.members,
             calibration=calibration,
             label_statistics=stats,
+            properties=targets,
         )
 
     # ---------------------------------------------------------------- internals
@@ -604,11 +638,12 @@ class Potential:
                 ),
                 self.compiled.peek(spec_key) or allocate(estimate=True),
                 allocate,
-                error=lambda out: out[1].error,
+                error=lambda out: out[2].error,
                 what="neighbour list",
             )
             self.compiled.put(spec_key, spec)
-            predictions, nbrs = jax.device_get(out[0]), out[1]  # the lists stay on the device
+            predictions, nbrs = jax.device_get(out[0]), out[2]  # the lists stay on the device
+            values = jax.device_get(out[1])
         if graph.error_bits(nbrs.error) & int(INPUT):
             _raise_input_errors(jax.device_get(nbrs), species, pos, cell, pbc, ss)
         if not self.members:
@@ -623,6 +658,9 @@ class Potential:
                 )
                 for k, s in enumerate(ss)
             ]
+        if self.properties:
+            out = [self._with_properties(r, values, s, k, n) for k, (r, s) in
+                   enumerate(zip(out, ss, strict=True))]
         if self.label_statistics is None:
             return out
         return [
@@ -636,11 +674,31 @@ class Potential:
         def make():
             f = functools.partial(
                 evaluate_batch, self.energy_model, spec, forces, stress, self.stacked,
-                member_forces=member_forces,
+                member_forces=member_forces, targets=self.properties,
             )
             return jax.jit(f)
 
         return self.compiled.get(("evaluate", spec, forces, stress, member_forces), make)
+
+    def _with_properties(self, r: Results, values, s: StructureArrays, k: int, n: int):
+        """``r`` with the property targets' values of structure ``k`` (atom slots k·n …),
+        references added in float64 (the members' mean for a committee)."""
+        rows = slice(k * n, k * n + s.n_atoms)
+        members = bool(self.members)
+        out, dipole = {}, None
+        for t in self.properties:
+            v = np.asarray(values[t.key], np.float64)
+            v = v.mean(axis=0) if members else v
+            if t.kind == "atomic":
+                out[t.key] = v[rows] + t.reference(s.species)
+            elif t.kind == "dipole":
+                vec = v[k]
+                out[t.key] = float(np.linalg.norm(vec))
+                if dipole is None:
+                    dipole = vec
+            else:
+                out[t.key] = float(v[k]) + t.reference(s.species)
+        return dataclasses.replace(r, properties=out, dipole=dipole)
 
     def _results(self, p, s: StructureArrays, k: int, n: int, forces: bool, stress: bool):
         rows = slice(k * n, k * n + s.n_atoms)
@@ -668,9 +726,11 @@ class Potential:
 
 def evaluate_batch(
     model, spec, forces, stress, committee, params, scale, positions, species, cell,
-    member_forces=True,
+    member_forces=True, targets=(),
 ):
-    """Predictions and neighbour lists of a padded batch (B structures of n atom slots):
+    """Predictions, property values (of ``targets``, without their references; see
+    :func:`jat.properties.property_values`) and neighbour lists of a padded batch (B
+    structures of n atom slots):
     positions (B, n, 3) Å, species (B, n) (−1 = padding), cell (B, 3, 3). The lists are built
     inside, one per structure (vmapped), and the batch evaluated as one disjoint graph (by every
     member of a ``committee``, or by a shallow ensemble's heads: a leading member axis on the
@@ -686,7 +746,9 @@ def evaluate_batch(
         model, params, scale, g, committee=committee, forces=forces, stress=stress,
         member_forces=member_forces,
     )
-    return predictions, nbrs
+    members = committee or model.heads > 1
+    values = property_values(targets, predictions.extras, g, members=members)
+    return predictions, values, nbrs
 
 
 def _raise_input_errors(nbrs, species, positions, cell, pbc, ss) -> None:

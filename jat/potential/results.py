@@ -39,7 +39,10 @@ class Results:
     holds every member's values when asked for. For a single potential the σ are None.
     ``energy_z`` and ``forces_z`` (N,) are z-scores against the training labels (energy per
     atom less the composition reference; per-atom force magnitude), when the potential holds
-    their statistics (:class:`jat.uncertainty.LabelStatistics`), else None.
+    their statistics (:class:`jat.uncertainty.LabelStatistics`), else None. ``properties``:
+    the potential's property targets by key, in their units (a float per structure, (N,) for
+    an atomic target, |μ| in e·Å for a dipole; a committee's members' mean); ``dipole``:
+    (3,) e·Å, the vector μ of a dipole target, else None.
     """
 
     energy: float
@@ -53,6 +56,8 @@ class Results:
     members: MemberResults | None = None
     energy_z: float | None = None
     forces_z: np.ndarray | None = None
+    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dipole: np.ndarray | None = None
 
 
 def member_results(

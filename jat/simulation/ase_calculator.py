@@ -43,6 +43,7 @@ from jat.graph.errors import INPUT
 from jat.potential.inputs import StructureArrays, atom_slots, structure_arrays
 from jat.potential.results import committee_results, member_results, shared_results, z_scores
 from jat.predictor import composition_energy, predict_any, stress_from_virial
+from jat.properties import property_values
 from jat.uncertainty import Guard, GuardEvent, UncertaintyError, atom_force_std
 
 DEFAULT_SKIN = graph.DEFAULT_SKIN
@@ -50,12 +51,13 @@ DEFAULT_SKIN = graph.DEFAULT_SKIN
 
 def calculator_step(
     model, stress: bool, committee: bool, params, scale, species, positions, cell, neighbors,
-    member_forces: bool = True,
+    member_forces: bool = True, dipole: Any = None,
 ):
     """One step: the skin list updated to ``positions`` (N, 3) and ``cell`` (3, 3), the model
     graph compacted from it and the predictions (with a leading member axis for a
     ``committee``, parameters stacked on it, or a model with several readout heads); returns
-    (predictions, list)."""
+    (predictions, list). With a ``dipole`` target (:class:`jat.properties.Target`) the
+    predictions' extras also hold its vector μ (3,) e·Å (members' mean) as ``"dipole"``."""
     neighbors = neighbors.update(positions, cell, check_slots=False)  # graph() checks them
     g, error = neighbors.graph(species, positions, cell)
     neighbors = dataclasses.replace(neighbors, error=neighbors.error | error)
@@ -63,6 +65,12 @@ def calculator_step(
         model, params, scale, g, committee=committee, forces=True, stress=stress,
         member_forces=member_forces,
     )
+    if dipole is not None:
+        members = committee or model.heads > 1
+        mu = property_values((dipole,), predictions.extras, g, members=members)[dipole.key]
+        mu = jnp.mean(mu, axis=0) if members else mu
+        extras = {**predictions.extras, "dipole": mu[0]}
+        predictions = dataclasses.replace(predictions, extras=extras)
     return predictions, neighbors
 
 
@@ -113,6 +121,7 @@ class JATCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    #: ASE's ``dipole`` (3,) e·Å is implemented too when the potential has a dipole target
 
     def __init__(
         self,
@@ -141,6 +150,8 @@ class JATCalculator(Calculator):
         if guard is not None and not forces_std:
             raise ValueError("a guard needs the force σ: leave forces_std=True")
         self.potential = potential
+        if potential.dipole_target is not None:
+            self.implemented_properties = [*type(self).implemented_properties, "dipole"]
         self.forces_std = bool(forces_std) or not potential.members
         self.skin = skin
         self.guard = guard
@@ -187,10 +198,16 @@ class JATCalculator(Calculator):
         if self.potential.members:
             self.results = self._committee_results(p, s, periodic)
             self._add_z_scores(s)
+            self._add_dipole(p)
             self._check_guard(step)
             return
         self._single_results(p, s, periodic)
         self._add_z_scores(s)
+        self._add_dipole(p)
+
+    def _add_dipole(self, p) -> None:
+        if "dipole" in p.extras:
+            self.results["dipole"] = np.asarray(p.extras["dipole"], np.float64)
 
     def _add_z_scores(self, s: StructureArrays) -> None:
         stats = self.potential.label_statistics
@@ -285,7 +302,7 @@ class JATCalculator(Calculator):
                 lambda: jax.jit(
                     functools.partial(
                         calculator_step, pot.energy_model, stress, committee,
-                        member_forces=each,
+                        member_forces=each, dipole=pot.dipole_target,
                     )
                 ),
             )

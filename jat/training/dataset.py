@@ -13,7 +13,7 @@ whose weight is zero, so shapes stay static and padding never changes a loss or 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ from jat import graph
 from jat.data.structure import DataError, Structure
 from jat.graph.errors import INPUT
 from jat.graph.geometry import reduce_positions
+from jat.properties import Target
 
 GRAPH_CHUNK = 64  # structures per vmapped neighbour-list build
 
@@ -35,7 +36,10 @@ class Batch:
     graph: the :class:`jat.graph.Graph` (B·n atom slots); energy (B,) eV, the reference energy
     less the composition shift Σ μ_Z (0 where unknown); energy_weight (B,) 1 for real
     structures with an energy, else 0; forces (B·n, 3) eV/Å; forces_weight (B,) likewise for
-    forces; n_atoms (B,); weight (B,) 1 for real structures, 0 for the fill of a short batch.
+    forces; n_atoms (B,); weight (B,) 1 for real structures, 0 for the fill of a short batch;
+    properties: per property target key its labels less their reference (B,), or (B·n,) for an
+    atomic target (0 where unknown); property_weight: per key (B,) 1 for real structures with
+    that label, else 0.
     """
 
     graph: graph.Graph
@@ -45,6 +49,8 @@ class Batch:
     forces_weight: jax.Array
     n_atoms: jax.Array
     weight: jax.Array
+    properties: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
+    property_weight: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -55,7 +61,9 @@ class Bucket:
     receivers (M, E) int32 (padding = N); shifts (M, E, 3) int32; edge_mask (M, E) bool;
     energy (M,) eV: reference energy minus the composition shift Σ μ_Z (0 where unknown);
     has_energy (M,) bool; forces (M, N, 3) eV/Å; has_forces (M,) bool; n_atoms (M,) int32;
-    index (M,) position of each row's structure in the data set.
+    index (M,) position of each row's structure in the data set; properties: per property
+    target key the labels less their reference (:meth:`jat.properties.Target.reference`,
+    float64), (M,) or (M, N) for an atomic target; has_property: per key (M,) bool.
     """
 
     species: np.ndarray
@@ -71,6 +79,8 @@ class Bucket:
     has_forces: np.ndarray
     n_atoms: np.ndarray
     index: np.ndarray
+    properties: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    has_property: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -132,6 +142,13 @@ class Bucket:
             forces_weight=jnp.asarray(weight * self.has_forces[rows], dtype),
             n_atoms=jnp.asarray(self.n_atoms[rows], dtype),
             weight=jnp.asarray(weight, dtype),
+            properties={
+                k: jnp.asarray(v[rows].reshape(-1), dtype)
+                for k, v in self.properties.items()
+            },
+            property_weight={
+                k: jnp.asarray(weight * v[rows], dtype) for k, v in self.has_property.items()
+            },
         )
 
 
@@ -224,11 +241,13 @@ def build_dataset(
     cutoff: float,
     energy_shift: np.ndarray,
     bounds: Sequence[int],
+    targets: Sequence[Target] = (),
 ) -> Dataset:
     """Pad ``structures`` into buckets with upper atom counts ``bounds`` (see
     :func:`choose_buckets`) and build their neighbour lists with cutoff ``cutoff`` (Å).
 
-    ``energy_shift`` (S,) μ_Z in eV is subtracted from the reference energies in float64.
+    ``energy_shift`` (S,) μ_Z in eV is subtracted from the reference energies in float64, and
+    each property target's reference from its labels (``targets``: :class:`Target` values).
     """
     lookup = {s: k for k, s in enumerate(species)}
     bounds = sorted(bounds)
@@ -242,8 +261,41 @@ def build_dataset(
     for bound in bounds:
         if members[bound]:
             rows = [structures[k] for k in members[bound]]
-            buckets.append(_bucket(rows, members[bound], bound, lookup, cutoff, energy_shift))
+            bucket = _bucket(rows, members[bound], bound, lookup, cutoff, energy_shift)
+            buckets.append(_with_properties(bucket, rows, targets, lookup))
     return Dataset(tuple(buckets), tuple(structures))
+
+
+def _with_properties(
+    bucket: Bucket, rows: Sequence[Structure], targets: Sequence[Target], lookup
+) -> Bucket:
+    """``bucket`` with the labels of ``targets`` (less their references) and their masks."""
+    m, n_slots = bucket.species.shape
+    labels, has = {}, {}
+    for t in targets:
+        atomic = t.kind == "atomic"
+        values = np.zeros((m, n_slots) if atomic else m)
+        known = np.zeros(m, bool)
+        for r, s in enumerate(rows):
+            if t.key not in s.properties:
+                continue
+            value = np.asarray(s.properties[t.key], np.float64)
+            z = _species_indices(s, lookup)
+            if atomic:
+                if value.shape != (s.n_atoms,):
+                    raise DataError(f"{s.source}: property {t.key!r} has shape {value.shape}, "
+                                    f"expected one value per atom ({s.n_atoms},)")
+                values[r, : s.n_atoms] = value - t.reference(z)
+            else:
+                if value.ndim:
+                    raise DataError(f"{s.source}: property {t.key!r} has shape {value.shape}; "
+                                    f"a {t.kind} target needs one number per structure")
+                values[r] = float(value) - t.reference(z)
+            known[r] = np.isfinite(values[r]).all()
+            if not known[r]:
+                values[r] = 0.0
+        labels[t.key], has[t.key] = values, known
+    return dataclasses.replace(bucket, properties=labels, has_property=has)
 
 
 def _species_indices(s: Structure, lookup: dict[str, int]) -> np.ndarray:

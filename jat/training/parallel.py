@@ -123,7 +123,10 @@ def sharded_batch(dp: DataParallel, bucket: Bucket, rows: np.ndarray, size: int,
 def without_weight(batch: Batch) -> Batch:
     """``batch`` with every structure marked as fill (weight 0: no loss, no metric)."""
     zero = batch.weight * 0
-    return dataclasses.replace(batch, weight=zero, energy_weight=zero, forces_weight=zero)
+    return dataclasses.replace(
+        batch, weight=zero, energy_weight=zero, forces_weight=zero,
+        property_weight={k: zero for k in batch.property_weight},
+    )
 
 
 def replicate(dp: DataParallel, tree: Any) -> Any:

@@ -10,6 +10,18 @@ from tqdm import tqdm
 
 from jat.config.options import PROGRESS_MODES
 
+_OWN_MAES = ("forces_mae", "energy_mae", "energy_atom_mae")
+
+
+def property_maes(metrics: dict[str, float]) -> dict[str, float]:
+    """The property targets' MAEs among ``metrics`` (``<key>_mae`` with a ``<key>_rmse``),
+    by key (in the target's unit)."""
+    return {
+        k[: -len("_mae")]: v
+        for k, v in metrics.items()
+        if k.endswith("_mae") and k not in _OWN_MAES and f"{k[: -len('_mae')]}_rmse" in metrics
+    }
+
 
 def _fmt(metrics: dict[str, float], prefix: str) -> str:
     parts = []
@@ -17,6 +29,7 @@ def _fmt(metrics: dict[str, float], prefix: str) -> str:
         parts.append(f"{prefix}F MAE {metrics['forces_mae']:.4f} eV/Å")
     if "energy_atom_mae" in metrics:
         parts.append(f"{prefix}E MAE {1e3 * metrics['energy_atom_mae']:.2f} meV/atom")
+    parts.extend(f"{prefix}{k} MAE {v:.4g}" for k, v in property_maes(metrics).items())
     return "  ".join(parts)
 
 
@@ -33,6 +46,10 @@ def describe(metrics: dict[str, float]) -> str:
             f"(RMSE {1e3 * metrics['energy_atom_rmse']:.2f}), "
             f"{1e3 * metrics['energy_mae']:.1f} meV/structure"
         )
+    out.extend(
+        f"{k} MAE {v:.4g} (RMSE {metrics[f'{k}_rmse']:.4g})"
+        for k, v in property_maes(metrics).items()
+    )
     return "; ".join(out) if out else "no labels"
 
 

@@ -32,7 +32,7 @@ def split_indices(
     *,
     by: str = "configuration",
     validation: float = 0.1,
-    test: float = 0.0,
+    test: float | str = 0.0,
     n_train: int | None = None,
     exclude_formulas: Sequence[str] = (),
     seed: int = 0,
@@ -45,12 +45,20 @@ def split_indices(
     ``validation`` (fractions < 1 or counts >= 1), the rest trains. ``by="molecule"``: ``test``
     counts whole molecules (``Structure.group``, or the formula when ungrouped), held out
     entirely; ``validation`` is drawn from the conformations of the other molecules.
-    ``n_train`` caps the training set. Structures whose formula is in ``exclude_formulas`` go to
-    ``"excluded"``. With ``kfold`` k and ``fold`` i, ``validation`` is ignored: what the test set
-    leaves is cut into k folds (the same seeded order for every i) and fold i validates.
+    ``n_train`` caps the training set; ``test="rest"`` (by configuration, with ``n_train``):
+    the validation set is drawn first, then ``n_train`` training structures, and every one left
+    is tested (QM9's standard 110 000 / 10 000 / rest). Structures whose formula is in
+    ``exclude_formulas`` go to ``"excluded"``. With ``kfold`` k and ``fold`` i, ``validation``
+    is ignored: what the test set leaves is cut into k folds (the same seeded order for every
+    i) and fold i validates.
     """
     if by not in ("configuration", "molecule"):
         raise ValueError(f"split by must be 'configuration' or 'molecule', got {by!r}")
+    rest_to_test = test == "rest"
+    if rest_to_test:
+        if n_train is None or by != "configuration" or kfold is not None:
+            raise ValueError("test='rest' needs n_train, by='configuration' and no kfold")
+        test = 0
     rng = np.random.default_rng([seed, 7919])
     excluded_formulas = {_normalise_formula(f) for f in exclude_formulas}
     excluded = [k for k, s in enumerate(structures) if s.formula in excluded_formulas]
@@ -82,6 +90,8 @@ def split_indices(
     if n_train is not None:
         if n_train > len(train_idx):
             raise ValueError(f"n_train={n_train} but only {len(train_idx)} structures remain")
+        if rest_to_test:
+            test_idx = train_idx[n_train:]
         train_idx = train_idx[:n_train]
     if not train_idx:
         raise ValueError("the split leaves no training structures")

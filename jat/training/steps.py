@@ -11,6 +11,12 @@ mean plus a proper scoring rule of the heads' spread (``LossSpec.ensemble``): th
 negative log-likelihood of the residual of the mean given the heads' σ, or the Gaussian CRPS,
 per energy per atom and per force component, so that the σ the potential reports is fitted to
 the errors and not an accident of the initialisation.
+
+Property targets (``LossSpec.properties``) add one log-cosh term each, of the residual of the
+property formed by :func:`jat.properties.property_values` (per structure; per atom for atomic
+targets; |μ| for a dipole) against its label less its reference, weighted by whether the
+structure has that label; their errors are summed as ``prop_<key>_abs`` … and reported as
+``<key>_mae`` and ``<key>_rmse``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import jax.scipy.stats as jstats
 import optax
 
 from jat.predictor import predict_any
+from jat.properties import Target, compared, property_values
 from jat.training.optim import ema_rate, set_learning_rate
 
 
@@ -39,6 +46,20 @@ class TrainState:
 
 
 @dataclasses.dataclass(frozen=True)
+class PropertyTerm:
+    """A property target's loss term: the target, its weight and its log-cosh scale α (in the
+    target's unit: per structure, per atom for an atomic target, e·Å for a dipole)."""
+
+    target: Target
+    weight: float = 1.0
+    alpha: float = 0.01
+
+    @property
+    def key(self) -> str:
+        return self.target.key
+
+
+@dataclasses.dataclass(frozen=True)
 class LossSpec:
     """Log-cosh loss weights and scales: forces (eV/Å) and energy per atom (eV/atom)."""
 
@@ -49,6 +70,8 @@ class LossSpec:
     #: a shallow ensemble's spread term: None, "nll" or "crps" (see :func:`ensemble_score`)
     ensemble: str | None = None
     ensemble_weight: float = 1.0
+    #: property targets' terms (:class:`PropertyTerm`)
+    properties: tuple[PropertyTerm, ...] = ()
 
 
 ENSEMBLE_LOSSES = ("nll", "crps")
@@ -133,6 +156,56 @@ def spec_errors(spec: LossSpec, model, params, scale, batch, forces: bool):
     return ensemble_errors(model, params, scale, batch, forces)
 
 
+def property_errors(spec: LossSpec, extras, batch, members: bool) -> dict[str, jax.Array]:
+    """Per property target, the residual of its compared value (:func:`jat.properties.compared`)
+    against the batch's label, (B,) or (B·n,) for an atomic target, from the network's further
+    outputs ``extras``; ``members``: the extras have a leading member axis, and the residual is
+    that of the members' mean value."""
+    if not spec.properties:
+        return {}
+    targets = tuple(term.target for term in spec.properties)
+    values = property_values(targets, extras, batch.graph, members=members)
+    out = {}
+    for t in targets:
+        v = jnp.mean(values[t.key], axis=0) if members else values[t.key]
+        out[t.key] = compared(t, v) - batch.properties[t.key]
+    return out
+
+
+def property_weights(spec: LossSpec, batch) -> dict[str, jax.Array]:
+    """Per property target, the weight of each compared value: (B,) for a structure's label
+    (1 for real structures that have it), (B·n,) for an atomic target's real atoms."""
+    g = batch.graph
+    out = {}
+    for term in spec.properties:
+        w = batch.property_weight[term.key]
+        out[term.key] = g.node_mask * w[g.node_graph] if term.target.kind == "atomic" else w
+    return out
+
+
+def residuals(spec: LossSpec, model, params, scale, batch, forces: bool, committee=False):
+    """Everything the loss and the error sums of ``spec`` need, from one prediction: the
+    residuals of :func:`errors` (of the members' mean for a committee or a shallow ensemble),
+    the property residuals (:func:`property_errors`) and, for a shallow ensemble's loss, its
+    heads' :class:`Spread` (else None)."""
+    p = predict_any(model, params, scale, batch.graph, committee=committee, forces=forces)
+    energies, f = p.energy, p.forces
+    members = energies.ndim == 2
+    spread = None
+    if members:
+        mean_e = jnp.mean(energies, axis=0)
+        mean_f = None if f is None else jnp.mean(f, axis=0)
+        if spec.ensemble is not None:
+            std_e = jnp.sqrt(jnp.mean((energies - mean_e) ** 2, axis=0))
+            std_f = None if f is None else jnp.sqrt(jnp.mean((f - mean_f) ** 2, axis=0))
+            spread = Spread(std_e / batch.n_atoms, std_f)
+        energies, f = mean_e, mean_f
+    de = energies - batch.energy
+    df = None if f is None else f - batch.forces
+    dp = property_errors(spec, p.extras, batch, members)
+    return (de / batch.n_atoms, de, df), dp, spread
+
+
 def force_weights(batch) -> jax.Array:
     """(B·n,) weight of each atom's force: 1 for real atoms of labelled, real structures."""
     g = batch.graph
@@ -140,12 +213,20 @@ def force_weights(batch) -> jax.Array:
 
 
 def loss_sums(
-    spec: LossSpec, de_atom, df, batch, spread: Spread | None = None
+    spec: LossSpec, de_atom, df, batch, spread: Spread | None = None, dp=None
 ) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Per trained term, the summed log-cosh and the number of values it sums (energies per
-    atom of real structures, force components of real atoms); with a shallow ensemble's
-    ``spread`` also the summed ensemble score of each ("energy_nll", "forces_nll", or _crps)."""
+    atom of real structures, force components of real atoms, property values by their key
+    from the residuals ``dp``); with a shallow ensemble's ``spread`` also the summed ensemble
+    score of each ("energy_nll", "forces_nll", or _crps)."""
     sums = {}
+    if dp:
+        weights = property_weights(spec, batch)
+        for term in spec.properties:
+            if term.weight > 0:
+                w = weights[term.key]
+                loss = log_cosh(dp[term.key], term.alpha)
+                sums[term.key] = (jnp.sum(w * loss), w.sum())
     if spec.energy_weight > 0:
         w = batch.energy_weight
         sums["energy"] = (jnp.sum(w * log_cosh(de_atom, spec.energy_alpha)), w.sum())
@@ -162,10 +243,10 @@ def loss_sums(
     return sums
 
 
-def loss_terms(spec: LossSpec, de_atom, df, batch, spread: Spread | None = None):
-    """Weighted mean log-cosh of the energy per atom and of force components (real ones only),
-    and the ensemble scores' means with a ``spread``."""
-    sums = loss_sums(spec, de_atom, df, batch, spread)
+def loss_terms(spec: LossSpec, de_atom, df, batch, spread: Spread | None = None, dp=None):
+    """Weighted mean log-cosh of the energy per atom, of force components (real ones only) and
+    of the property residuals ``dp``, and the ensemble scores' means with a ``spread``."""
+    sums = loss_sums(spec, de_atom, df, batch, spread, dp)
     return {k: s / jnp.maximum(n, 1.0) for k, (s, n) in sums.items()}
 
 
@@ -181,11 +262,15 @@ def total_loss(spec: LossSpec, terms) -> jax.Array:
             spec.energy_weight * terms.get(f"energy_{kind}", 0.0)
             + spec.forces_weight * terms.get(f"forces_{kind}", 0.0)
         )
+    for term in spec.properties:
+        out = out + term.weight * terms.get(term.key, 0.0)
     return out
 
 
-def error_sums(de_atom, de, df, batch) -> dict[str, jax.Array]:
-    """Sums of absolute and squared errors and their counts, over real structures and atoms."""
+def error_sums(de_atom, de, df, batch, dp=None, spec: LossSpec | None = None):
+    """Sums of absolute and squared errors and their counts, over real structures and atoms;
+    with property residuals ``dp`` (of ``spec``'s targets) also ``n_prop_<key>``,
+    ``prop_<key>_abs`` and ``prop_<key>_sq``."""
     w = batch.energy_weight
     out = {
         "n_energy": w.sum(),
@@ -199,6 +284,11 @@ def error_sums(de_atom, de, df, batch) -> dict[str, jax.Array]:
         out["n_forces"] = 3.0 * atom.sum()
         out["forces_abs"] = jnp.sum(atom[..., None] * jnp.abs(df))
         out["forces_sq"] = jnp.sum(atom[..., None] * df**2)
+    if dp:
+        for key, w in property_weights(spec, batch).items():
+            out[f"n_prop_{key}"] = w.sum()
+            out[f"prop_{key}_abs"] = jnp.sum(w * jnp.abs(dp[key]))
+            out[f"prop_{key}_sq"] = jnp.sum(w * dp[key] ** 2)
     return out
 
 
@@ -218,8 +308,8 @@ def train_step(model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, b
     need_forces = spec.forces_weight > 0
 
     def loss_fn(params):
-        (de_atom, _, df), spread = spec_errors(spec, model, params, scale, batch, need_forces)
-        terms = loss_terms(spec, de_atom, df, batch, spread)
+        (de_atom, _, df), dp, spread = residuals(spec, model, params, scale, batch, need_forces)
+        terms = loss_terms(spec, de_atom, df, batch, spread, dp)
         return total_loss(spec, terms), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -252,6 +342,7 @@ def reweighted(batch, weights: jax.Array):
         energy_weight=batch.energy_weight * weights,
         forces_weight=batch.forces_weight * weights,
         weight=batch.weight * weights,
+        property_weight={k: w * weights for k, w in batch.property_weight.items()},
     )
 
 
@@ -280,6 +371,9 @@ def loss_counts(spec: LossSpec, batch) -> dict[str, jax.Array]:
         counts["energy"] = batch.energy_weight.sum()
     if spec.forces_weight > 0:
         counts["forces"] = 3.0 * force_weights(batch).sum()
+    for term in spec.properties:
+        if term.weight > 0:
+            counts[term.key] = property_weights(spec, batch)[term.key].sum()
     return counts
 
 
@@ -297,8 +391,10 @@ def sharded_train_step(
     counts = jax.lax.psum(loss_counts(spec, batch), axis)
 
     def loss_fn(params):
-        de_atom, _, df = errors(model, params, scale, batch, need_forces)
-        sums = loss_sums(spec, de_atom, df, batch)
+        (de_atom, _, df), dp, _ = residuals(
+            dataclasses.replace(spec, ensemble=None), model, params, scale, batch, need_forces
+        )
+        sums = loss_sums(spec, de_atom, df, batch, None, dp)
         terms = {k: s / jnp.maximum(counts[k], 1.0) for k, (s, _) in sums.items()}
         return total_loss(spec, terms), terms
 
@@ -344,13 +440,9 @@ def eval_step(model, spec: LossSpec, forces: bool, params, scale, batch, committ
     """Sums of errors and of the loss terms over a batch (no update); being sums, they do not
     depend on how a data set is cut into batches. A ``committee`` is judged by its members'
     mean prediction (and a shallow ensemble also by the ensemble score of its σ)."""
-    if spec.ensemble is None:
-        de_atom, de, df = errors(model, params, scale, batch, forces, committee)
-        spread = None
-    else:
-        (de_atom, de, df), spread = ensemble_errors(model, params, scale, batch, forces)
-    sums = error_sums(de_atom, de, df, batch)
-    for key, (total, _) in loss_sums(spec, de_atom, df, batch, spread).items():
+    (de_atom, de, df), dp, spread = residuals(spec, model, params, scale, batch, forces, committee)
+    sums = error_sums(de_atom, de, df, batch, dp, spec)
+    for key, (total, _) in loss_sums(spec, de_atom, df, batch, spread, dp).items():
         sums[f"loss_{key}_sum"] = total
     return sums
 
@@ -378,6 +470,12 @@ def evaluation_loss(spec: LossSpec, total: dict[str, float]) -> float | None:
         if extra:
             key = f"loss_forces_{spec.ensemble}_sum"
             out += extra * spec.forces_weight * total.get(key, 0.0) / total["n_forces"]
+    for term in spec.properties:
+        if term.weight > 0:
+            count = total.get(f"n_prop_{term.key}")
+            if not count:
+                return None
+            out += term.weight * total[f"loss_{term.key}_sum"] / count
     return out
 
 
@@ -401,6 +499,11 @@ def reduce_sums(
     if n_f > 0:
         out["forces_mae"] = total["forces_abs"] / n_f
         out["forces_rmse"] = (total["forces_sq"] / n_f) ** 0.5
+    for name in total:
+        if name.startswith("n_prop_") and total[name] > 0:
+            key, n_p = name[len("n_prop_"):], total[name]
+            out[f"{key}_mae"] = total[f"prop_{key}_abs"] / n_p
+            out[f"{key}_rmse"] = (total[f"prop_{key}_sq"] / n_p) ** 0.5
     if loss is not None:
         out["loss"] = loss
     for quantity, count in (("energy", n_e), ("forces", n_f)):  # a shallow ensemble's scores

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jat import properties
 from jat.atomic_io import fault_point
 from jat.config import Config
 from jat.dtypes import cast
@@ -108,6 +109,7 @@ class Trainer:
         if cfg.loss.energy_weight > 0 and not any(s.energy is not None for s in train):
             raise ValueError("the training data has no energies; set loss.energy_weight=0")
         self.species = species_of(cfg, self.sets)
+        n_channels = self._property_targets(train)
         ensemble = cfg.model.ensemble
         self.members = ensemble.members if ensemble.members > 1 else None
         if self.members and self.dp is not None:
@@ -129,8 +131,10 @@ class Trainer:
             repulsion=repulsion_spec(cfg, train, self.species),
             members=self.members,
             ensemble=ensemble.kind,
+            **({"property_outputs": n_channels} if n_channels else {}),
             **dict(cfg.model.hyper),
         ).with_energy_reference(shift=shift, scale=np.full(len(self.species), scale))
+        self.potential = self.potential.with_properties(self.targets)
         # the training labels' distribution, gathered in one pass, for z-scores of predictions
         self.potential = self.potential.with_label_statistics(
             label_statistics(train, shift, self.species)
@@ -140,7 +144,9 @@ class Trainer:
         bounds = choose_buckets(sizes, cfg.training.max_buckets)
         self.data: dict[str, Dataset] = align_edge_slots(
             {
-                name: build_dataset(self.sets[name], self.species, cfg.model.cutoff, shift, bounds)
+                name: build_dataset(
+                    self.sets[name], self.species, cfg.model.cutoff, shift, bounds, self.targets
+                )
                 for name in SETS
                 if self.sets[name]
             }
@@ -169,6 +175,15 @@ class Trainer:
             f"{dict(zip(self.species, np.round(shift, 4).tolist(), strict=True))} eV, "
             f"scale {scale:.4g} eV"
         )
+        if self.targets:
+            described = ", ".join(
+                f"{t.key} ({t.kind}, "
+                + ("the dipole head" if t.channel == properties.HEAD else f"channel {t.channel}")
+                + (f", mean {t.offset:.4g}" if t.kind == "intensive" else "")
+                + f", scale {t.scale:.4g})"
+                for t in self.targets
+            )
+            self.out.message(f"property targets: {described}")
         rep = self.potential.repulsion
         if rep is not None:
             r = rep.pair_radii
@@ -195,6 +210,28 @@ class Trainer:
         self.out.message(
             f"model: {cfg.model.name} ({n_params} parameters{committee}), run dir {self.run.path}"
         )
+
+    def _property_targets(self, train: list) -> int:
+        """The targets of ``loss.properties`` with their normalisation fitted on ``train``
+        (``self.targets``, and their terms in the loss spec); returns P, the property channels
+        the network needs. A target that no training structure has is an error naming it."""
+        cfg = self.cfg
+        entries = [(t.key, t.kind) for t in cfg.loss.properties]
+        dipole_head = bool(dict(cfg.model.hyper).get("dipole_head", False))
+        targets, n_channels = properties.assign_channels(entries, dipole_head)
+        fitted = []
+        for k, t in enumerate(targets):
+            try:
+                fitted.append(properties.fit_target(t, train, self.species))
+            except ValueError as err:
+                raise ValueError(f"loss.properties.{k} (key {t.key!r}): {err}") from None
+        self.targets = tuple(fitted)
+        terms = tuple(
+            steps.PropertyTerm(t, c.weight, c.alpha)
+            for t, c in zip(self.targets, cfg.loss.properties, strict=True)
+        )
+        self.loss_spec = dataclasses.replace(self.loss_spec, properties=terms)
+        return n_channels
 
     def _member_weights(self, bootstrap: bool) -> list[np.ndarray] | None:
         """Per training bucket, (K, rows) weights of each member's structures: ones, or the
@@ -428,8 +465,14 @@ class Trainer:
 def monitor_key(cfg: Config) -> str:
     """The validation figure that decides the best epoch of a run of ``cfg``: a key of the
     evaluation figures (``forces_mae``, ``energy_atom_mae`` or ``loss``; per-epoch metric rows
-    hold it as ``val_<key>``)."""
+    hold it as ``val_<key>``), or a property target's ``<key>_mae``)."""
     monitor = cfg.training.monitor
     if monitor == "auto":
-        monitor = "forces_mae" if cfg.loss.forces_weight > 0 else "energy_mae"
+        trained = [t.key for t in cfg.loss.properties if t.weight > 0]
+        if cfg.loss.forces_weight > 0:
+            monitor = "forces_mae"
+        elif cfg.loss.energy_weight > 0 or not trained:
+            monitor = "energy_mae"
+        else:
+            monitor = f"{trained[0]}_mae"
     return {"energy_mae": "energy_atom_mae"}.get(monitor, monitor)
