@@ -12,11 +12,13 @@ The system is the built-in periodic ethylammonium-nitrate box (45 atoms, 3 ion p
 2. test it on a held-out set labelled with GFN2-xTB once at the start (``--holdout md``: frames
    of a GFN2-xTB Langevin run continuing the shipped trajectory; ``shipped``: the last shipped
    frames, kept out of training): force MAE per component and mean force σ;
-3. run ``--md-runs`` NVT runs (ASE Langevin, ``--temperature`` 450 K) with the committee's
-   calculator and its uncertainty guard (``jat.uncertainty.Guard``, largest per-atom force σ
-   above ``--guard`` eV/Å), each until the guard fires, the box falls apart (non-finite
-   positions, atoms closer than ``--min-distance`` Å, or a temperature above 4x the target) or
-   ``--max-steps``; the round's figure is the longest stable time (ps) of its runs;
+3. run ``--md-runs`` NVT runs (ASE Langevin, ``--temperature`` 450 K, from the first and the last of
+   round 0's training frames and evenly between, with the same Maxwell-Boltzmann velocities and
+   seeds in every round) with the committee's calculator and its uncertainty guard
+   (``jat.uncertainty.Guard``, largest per-atom force σ above ``--guard`` eV/Å), each until the
+   guard fires, the box falls apart (non-finite positions, atoms closer than ``--min-distance`` Å,
+   or a temperature above 4x the target) or ``--max-steps``; the round's figure is the longest
+   stable time (ps) of its runs;
 4. pick ``--add`` frames of those runs with the largest max per-atom force σ, at least
    ``--min-separation`` MD steps apart within a run (greedy, most uncertain first), label them
    with GFN2-xTB (tblite) and append them to ``train.extxyz`` in the run directory.
@@ -383,6 +385,7 @@ def main(argv=None) -> int:
     log(f"held-out set: {len(holdout)} frames ({source}), {run_dir / 'holdout.extxyz'}")
 
     train_file = run_dir / "train.extxyz"
+    starts = list(train_frames)  # MD starts: round 0's training frames, never held-out ones
     xtb = gfn2_calculator()
     rows: list[dict] = []
     rounds_file = run_dir / "rounds.jsonl"
@@ -398,8 +401,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         runs = []
         for k in range(args.md_runs):
-            start_frame = (k * (len(shipped) - 1)) // max(args.md_runs - 1, 1)
-            runs.append(guarded_nvt(pot, shipped[start_frame], k, start_frame, args))
+            start_frame = (k * (len(starts) - 1)) // max(args.md_runs - 1, 1)
+            runs.append(guarded_nvt(pot, starts[start_frame], k, start_frame, args))
         t_md = time.perf_counter() - t0
         candidates = [c for m in runs for c in m.candidates]
         if candidates:
