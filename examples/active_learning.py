@@ -20,7 +20,8 @@ The system is the built-in periodic ethylammonium-nitrate box (45 atoms, 3 ion p
    or a temperature above 4x the target) or ``--max-steps``; the round's figure is the longest
    stable time (ps) of its runs;
 4. pick ``--add`` frames of those runs with the largest max per-atom force σ, at least
-   ``--min-separation`` MD steps apart within a run (greedy, most uncertain first), label them
+   ``--min-separation`` MD steps apart within a run (greedy, most uncertain first; the
+   separation is halved while fewer frames fit, down to two samples apart), label them
    with GFN2-xTB (tblite) and append them to ``train.extxyz`` in the run directory.
 
 After ``--rounds`` rounds of 1-4 the last committee is trained, tested and run once more (steps
@@ -109,7 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("selection")
     g.add_argument("--add", type=int, default=8, help="frames labelled and added per round")
     g.add_argument("--min-separation", type=int, default=100,
-                   help="MD steps between any two frames picked from one run")
+                   help="MD steps between any two frames picked from one run; halved while "
+                        "fewer than --add frames fit, down to 2 x --sample-every")
     if p.parse_known_args(argv)[0].quick:
         p.set_defaults(**QUICK)  # options given explicitly still win
     args = p.parse_args(argv)
@@ -301,16 +303,25 @@ def guarded_nvt(pot, start, run: int, start_frame: int, args) -> MDResult:
                     candidates)
 
 
-def select(candidates: list[Candidate], n: int, min_separation: int) -> list[Candidate]:
+def select(candidates: list[Candidate], n: int, min_separation: int,
+           floor: int) -> tuple[list[Candidate], int]:
     """Up to ``n`` candidates, most uncertain first, any two of one run at least
-    ``min_separation`` steps apart."""
+    ``min_separation`` steps apart; while fewer than ``n`` fit (short runs), the separation is
+    halved, down to ``floor`` steps (never two consecutive samples). Returns the frames and the
+    separation the last of them needed."""
     chosen: list[Candidate] = []
-    for c in sorted(candidates, key=lambda c: -c.sigma):
-        if len(chosen) == n:
-            break
-        if all(o.run != c.run or abs(o.step - c.step) >= min_separation for o in chosen):
-            chosen.append(c)
-    return chosen
+    separation = max(min_separation, floor)
+    while True:
+        for c in sorted(candidates, key=lambda c: -c.sigma):
+            if len(chosen) == n:
+                break
+            if any(c is o for o in chosen):
+                continue
+            if all(o.run != c.run or abs(o.step - c.step) >= separation for o in chosen):
+                chosen.append(c)
+        if len(chosen) == n or separation <= floor:
+            return chosen, separation
+        separation = max(separation // 2, floor)
 
 
 # ------------------------------------------------------------------------------ report
@@ -410,7 +421,9 @@ def main(argv=None) -> int:
         added, failed = [], 0
         t0 = time.perf_counter()
         if rnd < args.rounds:
-            for c in select(candidates, args.add, args.min_separation):
+            picked, separation = select(candidates, args.add, args.min_separation,
+                                        2 * args.sample_every)
+            for c in picked:
                 try:
                     frame = single_point(c.atoms, xtb)
                 except Exception as err:  # an SCF that does not converge on a broken frame
@@ -437,6 +450,7 @@ def main(argv=None) -> int:
             "temperature_K": args.temperature,
             "frames_added": len(added),
             "added_max_force_std": [round(float(f.info["max_force_std"]), 4) for f in added],
+            "selection_separation_steps": separation if rnd < args.rounds else None,
             "labelling_failures": failed,
             "seconds": {"train": round(t_train, 1), "md": round(t_md, 1),
                         "label": round(t_label, 1)},
