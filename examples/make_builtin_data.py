@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from xtb_labels import frozen, gfn2_calculator, import_tblite
 
 DENSITY_G_CM3 = 1.21  # experimental density of EAN at room temperature
 MIN_INTER_DIST = 1.7  # Å, minimum distance between atoms of different ions in the start box
@@ -49,17 +49,6 @@ BOND_CUTOFF = {
     frozenset("NN"): 1.60,
     frozenset("HH"): 0.90,
 }
-
-
-def _import_tblite():
-    try:
-        from tblite.ase import TBLite
-    except ImportError as err:
-        sys.exit(
-            "error: this script needs the tblite GFN2-xTB calculator, which is not a jat "
-            f"dependency ({err}).\nInstall it with:  pip install tblite"
-        )
-    return TBLite
 
 
 def _tetrahedral(u: np.ndarray, phase: float) -> list[np.ndarray]:
@@ -254,11 +243,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    TBLite = _import_tblite()
+    import_tblite()  # exits with the installation hint when tblite is missing
     from importlib.metadata import version
 
     from ase import units
-    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import Stationary
@@ -274,7 +262,7 @@ def main(argv=None) -> int:
           f"({DENSITY_G_CM3} g/cm³), seed {args.seed}; tblite {version('tblite')} GFN2-xTB",
           flush=True)
 
-    atoms.calc = TBLite(method="GFN2-xTB", charge=0, multiplicity=1, verbosity=0)
+    atoms.calc = gfn2_calculator()
     t0 = time.perf_counter()
     e0 = atoms.get_potential_energy()
     print(f"first single point: E = {e0:.3f} eV, {time.perf_counter() - t0:.2f} s", flush=True)
@@ -307,15 +295,7 @@ def main(argv=None) -> int:
     t_md = time.perf_counter()
     for k in range(args.frames):
         dyn.run(args.stride)
-        frame = atoms.copy()
-        frame.info.clear()
-        frame.wrap()
-        frame.calc = SinglePointCalculator(
-            frame,
-            energy=atoms.get_potential_energy(),
-            forces=atoms.get_forces(apply_constraint=False),
-            stress=atoms.get_stress(),
-        )
+        frame = frozen(atoms)
         frames.append(frame)
         temps.append(atoms.get_temperature())
         if (k + 1) % 25 == 0 or k + 1 == args.frames:
