@@ -118,42 +118,12 @@ def predict(model, params, scale, batch, forces: bool, committee: bool = False):
     return jnp.mean(energy, axis=0), None if f is None else jnp.mean(f, axis=0)
 
 
-def errors(model, params, scale, batch, forces: bool, committee: bool = False):
-    """Residuals: energy per atom (B,), energy per structure (B,), forces (B·n, 3)."""
-    energies, f = predict(model, params, scale, batch, forces, committee)
-    de = energies - batch.energy
-    df = None if f is None else f - batch.forces
-    return de / batch.n_atoms, de, df
-
-
 @dataclasses.dataclass(frozen=True)
 class Spread:
     """A shallow ensemble's heads' σ: energy per atom (B,) and force components (B·n, 3)."""
 
     energy_atom: jax.Array
     forces: jax.Array | None
-
-
-def ensemble_errors(model, params, scale, batch, forces: bool):
-    """:func:`errors` of the heads' mean, and the heads' σ (:class:`Spread`)."""
-    energies, f = member_predictions(model, params, scale, batch, forces)
-    mean_e = jnp.mean(energies, axis=0)
-    std_e = jnp.sqrt(jnp.mean((energies - mean_e) ** 2, axis=0))
-    de = mean_e - batch.energy
-    df = std_f = None
-    if f is not None:
-        mean_f = jnp.mean(f, axis=0)
-        std_f = jnp.sqrt(jnp.mean((f - mean_f) ** 2, axis=0))
-        df = mean_f - batch.forces
-    return (de / batch.n_atoms, de, df), Spread(std_e / batch.n_atoms, std_f)
-
-
-def spec_errors(spec: LossSpec, model, params, scale, batch, forces: bool):
-    """(residuals of :func:`errors`, the heads' :class:`Spread` or None): what the loss of
-    ``spec`` needs."""
-    if spec.ensemble is None:
-        return errors(model, params, scale, batch, forces), None
-    return ensemble_errors(model, params, scale, batch, forces)
 
 
 def property_errors(spec: LossSpec, extras, batch, members: bool) -> dict[str, jax.Array]:
@@ -185,9 +155,10 @@ def property_weights(spec: LossSpec, batch) -> dict[str, jax.Array]:
 
 def residuals(spec: LossSpec, model, params, scale, batch, forces: bool, committee=False):
     """Everything the loss and the error sums of ``spec`` need, from one prediction: the
-    residuals of :func:`errors` (of the members' mean for a committee or a shallow ensemble),
-    the property residuals (:func:`property_errors`) and, for a shallow ensemble's loss, its
-    heads' :class:`Spread` (else None)."""
+    residuals (energy per atom (B,), energy per structure (B,), forces (B·n, 3) or None) of
+    the prediction, of the members' mean for a committee or a shallow ensemble; the property
+    residuals (:func:`property_errors`); and, for a shallow ensemble's loss, its heads'
+    :class:`Spread` (else None)."""
     p = predict_any(model, params, scale, batch.graph, committee=committee, forces=forces)
     energies, f = p.energy, p.forces
     members = energies.ndim == 2
