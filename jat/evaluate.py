@@ -20,7 +20,9 @@ EPILOG = """\
 examples:
   python -m jat.evaluate runs/ean-20261121-101500 ../shared/data/ean/ean_15pairs_dft.jsonl
   python -m jat.evaluate runs/my-run builtin --out /tmp/eval
+  python -m jat.evaluate runs/my-run --split test            # the run's own held-out set
   python -m jat.evaluate runs/committee val.extxyz --calibrate runs/committee-calibrated
+  python -m jat.evaluate runs/committee --split validation --calibrate runs/committee-cal
 """
 
 
@@ -32,7 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("potential", metavar="RUN_DIR", help="run directory or saved potential")
-    parser.add_argument("data", nargs="+", metavar="DATA", help="data files, or 'builtin'")
+    parser.add_argument(
+        "data", nargs="*", metavar="DATA", help="data files, or 'builtin' (or use --split)"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("train", "validation", "test"),
+        help="a run directory's own set, as the run split its data (split.json is checked)",
+    )
     parser.add_argument("--format", default="auto", help="data format (default: auto)")
     parser.add_argument("--batch-size", type=int, default=16, help="structures per batch")
     parser.add_argument("--out", metavar="DIR", help="where metrics.json and plots go")
@@ -47,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "training set) and save the calibrated potential to OUT_DIR",
     )
     args = parser.parse_args(argv)
+    if bool(args.data) == bool(args.split):
+        parser.error("give DATA files or --split, not both and not neither")
     try:
         return _run(args)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
@@ -61,15 +72,20 @@ def _run(args: argparse.Namespace) -> int:
 
     source = Path(args.potential)
     potential = Potential.load(source)
-    structures = list(read_structures(args.data, format=args.format))
-    print(f"{len(structures)} structures from {', '.join(map(str, args.data))}", file=sys.stderr)
+    if args.split:
+        structures = run_split(source, args.split)
+        data_name = f"{source}: {args.split} set"
+    else:
+        structures = list(read_structures(args.data, format=args.format))
+        data_name = ", ".join(map(str, args.data))
+    print(f"{len(structures)} structures from {data_name}", file=sys.stderr)
     raw = args.raw or args.calibrate is not None
     ev = evaluate(potential, structures, batch_size=args.batch_size, calibrated=not raw)
     metrics = error_metrics(ev)
     if args.calibrate is not None:
         if not potential.members:
             raise ValueError("--calibrate needs a committee (a potential with members >= 2)")
-        calibration = fit_calibration(ev, fitted_on=", ".join(map(str, args.data)))
+        calibration = fit_calibration(ev, fitted_on=data_name)
         potential.with_calibration(calibration).save(args.calibrate)
         metrics["calibration"] = calibration.to_dict()
         metrics["calibrated_uncertainty"] = error_metrics(
@@ -86,6 +102,24 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {p}", file=sys.stderr)
     print(json.dumps(metrics))
     return 0
+
+
+def run_split(run_dir: Path, name: str) -> list:
+    """The structures of set ``name`` ("train", "validation", "test") of the run in
+    ``run_dir``, split again from its recorded configuration; a ValueError if the data no
+    longer give the split the run recorded in ``split.json``, or if the set is empty."""
+    from jat.config import load_config
+    from jat.training.data import check_split, load_splits
+    from jat.training.rundir import CONFIG_FILE
+
+    config = run_dir / CONFIG_FILE
+    if not config.is_file():
+        raise FileNotFoundError(f"{run_dir}: --split needs a run directory (no {CONFIG_FILE})")
+    sets, sources = load_splits(load_config(config))
+    check_split(run_dir, sources)
+    if not sets[name]:
+        raise ValueError(f"{run_dir}: the run's {name} set is empty")
+    return sets[name]
 
 
 def _default_out(source: Path) -> Path:

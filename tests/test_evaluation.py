@@ -128,6 +128,10 @@ def test_cli_names_bad_input(tmp_path, capsys):
     assert evaluate_main([str(pot_dir), str(bad), "--no-plots"]) == 2
     assert "bad.extxyz" in capsys.readouterr().err
     assert evaluate_main([str(tmp_path / "missing"), str(bad)]) == 2
+    assert evaluate_main([str(pot_dir), "--split", "test"]) == 2  # a potential, not a run
+    assert "needs a run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # DATA and --split together
+        evaluate_main([str(pot_dir), str(bad), "--split", "test"])
     good = tmp_path / "good.extxyz"
     write(good, [emt_labelled(molecule("CH4"))])
     assert evaluate_main([str(pot_dir), str(good), "--calibrate", str(tmp_path / "c")]) == 2

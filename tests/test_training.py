@@ -23,6 +23,7 @@ from jat import atomic_io
 from jat.config import config_from_dict, dump_config
 from jat.data import read_structures
 from jat.data.structure import Structure
+from jat.evaluate import main as evaluate_main
 from jat.training import checkpoint, optim, planning, steps, train
 from jat.training.dataset import align_edge_slots, build_dataset, choose_buckets
 from jat.training.errors import NonFiniteError, RunCompleteError, RunExistsError
@@ -181,7 +182,7 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
 
 
-def test_run_directory_and_loadable_best_model(emt_files, tmp_path):
+def test_run_directory_and_loadable_best_model(emt_files, tmp_path, capsys):
     cfg = _config(emt_files / "cu.extxyz", tmp_path, loss={"energy_weight": 0.1})
     result = train(cfg)
     run = result.run_dir
@@ -210,6 +211,15 @@ def test_run_directory_and_loadable_best_model(emt_files, tmp_path):
     val = summary["validation"]
     assert np.mean(errs) == pytest.approx(val["energy_atom_mae"], rel=1e-3, abs=1e-6)
     assert np.mean(np.concatenate(ferrs)) == pytest.approx(val["forces_mae"], rel=1e-3)
+    # and so does python -m jat.evaluate RUN --split validation, on the run's own split
+    capsys.readouterr()
+    out = ["--no-plots", "--out", str(tmp_path / "evaluation")]
+    assert evaluate_main([str(run), "--split", "validation", *out]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["structures"] == 4
+    assert metrics["forces"]["mae"] == pytest.approx(val["forces_mae"], rel=1e-3)
+    assert evaluate_main([str(run), "--split", "test", *out]) == 2  # this run has no test set
+    assert "test set is empty" in capsys.readouterr().err
     # training improved on the initial model
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
