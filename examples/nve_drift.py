@@ -3,6 +3,7 @@
     python examples/nve_drift.py --model runs/ean-20261121-101500          # 10 ps at 0.5 fs
     python examples/nve_drift.py --model RUN --engine jax_md --time 50      # jitted JAX-MD loop
     python examples/nve_drift.py --untrained --time 0.01 --sample-every 5   # smoke run
+    python examples/nve_drift.py --model COMMITTEE_RUN --dtypes float32 --guard 0.5
 
 Velocity Verlet (ASE's ``VelocityVerlet`` on ``JATCalculator``, or JAX-MD's ``simulate.nve``)
 from the first EAN configuration with Maxwell-Boltzmann velocities at ``--temperature``, the same
@@ -10,6 +11,10 @@ start for every dtype. The total energy is sampled every ``--sample-every`` step
 slope of a least-squares line through E_tot(t) per atom, in meV/atom/ps, and the fluctuation the
 RMS of the residual about that line (meV/atom). Writes a PNG of E_tot(t) − E_tot(0) per atom with
 the fitted lines (when matplotlib is installed) and prints one JSON object on the last line.
+With ``--guard`` (a committee) the calculator's uncertainty guard flags every step whose largest
+per-atom force σ passes the threshold, and the first flag is reported next to the first time the
+total energy departs from E_tot(0) by more than ``--jump`` meV/atom: a guard worth having fires
+first.
 """
 
 from __future__ import annotations
@@ -36,8 +41,11 @@ def run_ase(atoms, pot, dtype, args, velocities):
     from ase import units
     from ase.md.verlet import VelocityVerlet
 
+    from jat.uncertainty import Guard
+
     atoms = atoms.copy()
-    calc = pot.calculator(dtype=dtype, skin=args.skin)
+    guard = Guard(args.guard, action="flag") if args.guard else None
+    calc = pot.calculator(dtype=dtype, skin=args.skin, guard=guard)
     atoms.calc = calc
     atoms.set_velocities(velocities)
     dyn = VelocityVerlet(atoms, timestep=args.dt * units.fs)
@@ -49,10 +57,29 @@ def run_ase(atoms, pot, dtype, args, velocities):
 
     dyn.attach(sample, interval=args.sample_every)
     atoms.get_forces()  # compile outside the timing
+    extra = {"rebuilds": 0}
     t0 = time.perf_counter()
-    dyn.run(args.steps)
+    try:
+        dyn.run(args.steps)
+    except (ValueError, RuntimeError) as err:  # e.g. atoms driven onto each other
+        extra["stopped"] = f"step {dyn.nsteps}: {err}"
     seconds = time.perf_counter() - t0
-    return np.array(times), np.array(energies), seconds, {"rebuilds": calc.rebuilds}
+    extra["rebuilds"] = calc.rebuilds
+    if guard is not None:
+        first = calc.guard_events[0] if calc.guard_events else None
+        # the calculator counts evaluations from 0: the first is the start, then one per step
+        extra["guard"] = None if first is None else {
+            "time_ps": first.step * args.dt / 1000.0, "atom": first.atom,
+            "force_std": first.value, "events": len(calc.guard_events)}
+    return np.array(times), np.array(energies), seconds, extra
+
+
+def energy_jump(times, energies, n_atoms, threshold_mev):
+    """The first time (ps) at which |E_tot(t) − E_tot(0)| per atom exceeds ``threshold_mev``
+    meV/atom (or a sample is not finite), or None."""
+    per_atom = 1e3 * np.abs(energies - energies[0]) / n_atoms
+    bad = ~np.isfinite(per_atom) | (per_atom > threshold_mev)
+    return float(times[np.argmax(bad)]) if bad.any() else None
 
 
 def run_jax_md(atoms, pot, dtype, args, velocities):
@@ -131,7 +158,14 @@ def main(argv: list[str] | None = None) -> None:
     add_structure_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="nve_drift.png", help="PNG path ('' for none)")
+    parser.add_argument("--guard", type=float, default=None, metavar="EV_PER_A",
+                        help="a committee, ASE engine: flag steps whose largest per-atom force "
+                        "σ passes this (eV/Å) and report the first, beside the energy jump")
+    parser.add_argument("--jump", type=float, default=10.0, metavar="MEV",
+                        help="the energy jump: |E_tot(t) - E_tot(0)| above this (meV/atom)")
     args = parser.parse_args(argv)
+    if args.guard is not None and (args.engine != "ase" or not args.guard > 0):
+        parser.error("--guard needs the ase engine and a positive threshold (eV/Å)")
     args.steps = max(1, round(args.time * 1000.0 / args.dt))
     if args.sample_every < 1:
         parser.error("--sample-every must be positive")
@@ -160,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         drift, rms, per_atom, coef = fit(times, energies, len(atoms))
         ms = 1e3 * seconds / args.steps
         results[dtype] = {"times": times, "per_atom": per_atom, "coef": coef, "drift": drift}
+        extra["energy_jump_ps"] = energy_jump(times, energies, len(atoms), args.jump)
         summary[dtype] = {"drift_meV_per_atom_per_ps": drift, "rms_meV_per_atom": rms,
                           "ms_per_step": ms, **extra}
         print(f"{dtype}: drift {drift:+.4g} meV/atom/ps, fluctuation {rms:.3g} meV/atom (RMS "

@@ -45,6 +45,23 @@ def test_nve_drift_both_engines(tmp_path):
 
 
 @needs_ean
+def test_nve_drift_guard_reports_its_first_flag_and_the_energy_jump(tmp_path):
+    import jat
+
+    com = jat.Potential.create("schnet", ("H", "C", "N", "O"), 5.0, members=2, features=8,
+                               interactions=1)
+    model = com.save(tmp_path / "committee")
+    res = _run(
+        [str(REPO / "examples" / "nve_drift.py"), "--model", str(model), "--dtypes", "float32",
+         "--time", "0.005", "--sample-every", "5", "--guard", "1e-6", "--plot", ""],
+        tmp_path,
+    )["results"]["float32"]
+    assert res["guard"]["time_ps"] == 0.0 and res["guard"]["events"] == 11  # every evaluation
+    assert res["guard"]["force_std"] > 1e-6 and 0 <= res["guard"]["atom"] < 225
+    assert "energy_jump_ps" in res
+
+
+@needs_ean
 def test_md_ean_writes_trajectories(tmp_path):
     pytest.importorskip("jax_md")
     from ase.io import read
