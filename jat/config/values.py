@@ -441,35 +441,22 @@ def _amount_or_rest(value: Any) -> float | int | str:
     return _amount(value)
 
 
+#: The JSON schema alternatives of an :data:`Amount`: a fraction or a count.
+AMOUNT_SCHEMA = [
+    {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+    {"type": "integer", "minimum": 1},
+]
+
 #: An :data:`Amount`, or "rest": whatever the other sets leave.
 AmountOrRest = Annotated[
     Any,
     BeforeValidator(_amount_or_rest),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-                {"type": "integer", "minimum": 1},
-                {"const": "rest"},
-            ]
-        }
-    ),
+    WithJsonSchema({"anyOf": [*AMOUNT_SCHEMA, {"const": "rest"}]}),
 ]
 
 
 #: A fraction (0 <= x < 1, stored as float) or a count (a whole number >= 1, stored as int).
-Amount = Annotated[
-    Any,
-    BeforeValidator(_amount),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-                {"type": "integer", "minimum": 1},
-            ]
-        }
-    ),
-]
+Amount = Annotated[Any, BeforeValidator(_amount), WithJsonSchema({"anyOf": AMOUNT_SCHEMA})]
 
 
 def _devices(value: Any) -> str | int:

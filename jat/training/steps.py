@@ -32,6 +32,7 @@ import optax
 from jat.predictor import predict_any
 from jat.properties import Target, compared, property_values
 from jat.training.optim import ema_rate, set_learning_rate
+from jat.uncertainty import spread as member_spread
 
 
 @jax.tree_util.register_dataclass
@@ -163,14 +164,13 @@ def residuals(spec: LossSpec, model, params, scale, batch, forces: bool, committ
     energies, f = p.energy, p.forces
     members = energies.ndim == 2
     spread = None
-    if members:
-        mean_e = jnp.mean(energies, axis=0)
-        mean_f = None if f is None else jnp.mean(f, axis=0)
+    if members:  # the members' mean and σ (jat.uncertainty.spread)
+        energies, std_e = member_spread(energies, jnp)
+        std_f = None
+        if f is not None:
+            f, std_f = member_spread(f, jnp)
         if spec.ensemble is not None:
-            std_e = jnp.sqrt(jnp.mean((energies - mean_e) ** 2, axis=0))
-            std_f = None if f is None else jnp.sqrt(jnp.mean((f - mean_f) ** 2, axis=0))
             spread = Spread(std_e / batch.n_atoms, std_f)
-        energies, f = mean_e, mean_f
     de = energies - batch.energy
     df = None if f is None else f - batch.forces
     dp = property_errors(spec, p.extras, batch, members)
