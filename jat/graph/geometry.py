@@ -64,6 +64,8 @@ def reduce_positions(positions, cell, pbc, mask=None) -> np.ndarray:
     if pos.size == 0:
         return pos
     real = slice(None) if mask is None else np.asarray(mask, bool)
+    if not any(pbc):  # free: (pos B⁻¹ − centre) B is pos − its centre for any basis B
+        return pos - (pos[real].mean(axis=0) if pos[real].size else 0.0)
     basis = search_basis(np.asarray(cell, np.float64), tuple(pbc), np)
     frac = pos @ inverse(basis, np)
     periodic = np.asarray(pbc, bool)
