@@ -20,6 +20,7 @@ section), :mod:`~jat.config.parsing` (validation, errors, overrides), :mod:`~jat
 
 from jat.config.model_section import ModelConfig
 from jat.config.options import (
+    PER_BATCH_FROM,
     Ani1Config,
     Config,
     DataConfig,
@@ -44,6 +45,7 @@ from jat.config.yaml_io import (
 
 __all__ = [
     "COMMAND_LINE",
+    "PER_BATCH_FROM",
     "RUN_CONFIG_FILE",
     "Ani1Config",
     "Config",

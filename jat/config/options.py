@@ -177,6 +177,8 @@ class DataConfig(Section):
         return self
 
 
+#: from this many structures (all sets together) ``neighbor_lists: auto`` builds per batch
+PER_BATCH_FROM = 100_000
 #: the kinds of property targets (:data:`jat.properties.KINDS`)
 PROPERTY_KINDS = ("extensive", "intensive", "dipole", "atomic")
 #: names of the energy and force figures, which a property target's key may not take
@@ -343,6 +345,13 @@ class TrainingConfig(Section):
     max_buckets: Int(gt=0) = Field(
         4, description="maximum number of static batch shapes (compilations)"
     )
+    neighbor_lists: Annotated[str, Choice(("auto", "stored", "per_batch"))] = Field(
+        "auto",
+        description="stored: every structure's neighbour list built once and kept on the host; "
+        "per_batch: only compact rows kept (positions and forces in model.dtype, no edges), "
+        "each batch's lists built on the device; auto: per_batch from "
+        f"{PER_BATCH_FROM} structures (all sets), else stored",
+    )
     energy_reference: Annotated[str, Choice(("fit", "none"), null_as="none")] = Field(
         "fit", description="fit: per-species shift by least squares on element counts"
     )
@@ -445,6 +454,7 @@ __all__ = [
     "LoggingConfig",
     "LossConfig",
     "OptimizerConfig",
+    "PER_BATCH_FROM",
     "PROPERTY_KINDS",
     "PropertyTargetConfig",
     "Qm9Config",

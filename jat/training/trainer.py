@@ -21,12 +21,18 @@ import numpy as np
 
 from jat import properties
 from jat.atomic_io import fault_point
-from jat.config import Config
+from jat.config import PER_BATCH_FROM, Config
 from jat.dtypes import cast
 from jat.potential import Potential
 from jat.training import distributed, optim, parallel, steps
 from jat.training.data import load_splits, repulsion_spec, species_of
-from jat.training.dataset import Dataset, align_edge_slots, build_dataset, choose_buckets
+from jat.training.dataset import (
+    Dataset,
+    align_edge_slots,
+    build_dataset,
+    check_graph_errors,
+    choose_buckets,
+)
 from jat.training.errors import NonFiniteError, TrainingInterrupted
 from jat.training.interrupts import StopRequest
 from jat.training.progress import Progress
@@ -142,10 +148,14 @@ class Trainer:
         self.check_stop("while creating the model")
         sizes = [s.n_atoms for structures in self.sets.values() for s in structures]
         bounds = choose_buckets(sizes, cfg.training.max_buckets)
+        lists = cfg.training.neighbor_lists
+        if lists == "auto":
+            lists = "per_batch" if len(sizes) >= PER_BATCH_FROM else "stored"
         self.data: dict[str, Dataset] = align_edge_slots(
             {
                 name: build_dataset(
-                    self.sets[name], self.species, cfg.model.cutoff, shift, bounds, self.targets
+                    self.sets[name], self.species, cfg.model.cutoff, shift, bounds, self.targets,
+                    neighbor_lists=lists, dtype=cfg.model.dtype,
                 )
                 for name in SETS
                 if self.sets[name]
@@ -357,11 +367,16 @@ class Trainer:
             return {}
         batches = data.batches(self.eval_batch)
         params = self.place(params)
-        sums = [
-            self.eval_step(params, self.scale, self.make_batch(data, b, rows, self.eval_batch))
-            for b, rows in batches
-        ]
+        sums, graph_errors = [], []
+        for b, rows in batches:
+            batch = self.make_batch(data, b, rows, self.eval_batch)
+            sums.append(self.eval_step(params, self.scale, batch))
+            graph_errors.append(batch.graph_error)
         host = jax.device_get(self.host(sums))
+        check_graph_errors(
+            [local_values(e) for e in graph_errors],
+            lambda k: name_structures(self._sources(data, *batches[k])),
+        )
         for (b, rows), part in zip(batches, host, strict=True):
             if not all(np.isfinite(v) for v in part.values()):
                 raise NonFiniteError(
@@ -383,7 +398,7 @@ class Trainer:
         waits for the device until the epoch's metrics are gathered at the end."""
         train = self.data["train"]
         rng = np.random.default_rng([self.cfg.seed, epoch])
-        parts = []
+        parts, graph_errors = [], []
         batches = train.batches(self.batch, rng)
         rates = schedule.values(step, len(batches))
         t = time.perf_counter()
@@ -393,11 +408,16 @@ class Trainer:
             batch = self.make_batch(train, b, rows, self.batch)
             state, metrics = self.step(state, b, rows, batch, rates[k])
             parts.append(metrics)
+            graph_errors.append(batch.graph_error)
             if "after_step" in self.hooks:
                 self.hooks["after_step"](epoch, k, state)
             fault_point("train:step")
             self.out.step(epoch, epochs, k + 1, len(batches))
         host = jax.device_get(self.host(parts))  # waits for the epoch's last step
+        check_graph_errors(
+            [local_values(e) for e in graph_errors],
+            lambda k: name_structures(self._sources(train, *batches[k])),
+        )
         finite = [bool(part.pop("finite")) for part in host]
         if not all(finite):
             k = finite.index(False)
@@ -460,6 +480,13 @@ class Trainer:
     def monitor_key(self) -> str:
         """The validation figure that decides the best epoch."""
         return monitor_key(self.cfg)
+
+
+def local_values(x: jax.Array | None) -> np.ndarray | None:
+    """The values of ``x`` this process holds (all its shards, flattened), or None."""
+    if x is None:
+        return None
+    return np.concatenate([np.asarray(s.data).reshape(-1) for s in x.addressable_shards])
 
 
 def monitor_key(cfg: Config) -> str:
