@@ -16,6 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
+from jat.uncertainty import CALIBRATION_METHODS
+
 EPILOG = """\
 examples:
   python -m jat.evaluate runs/ean-20261121-101500 ../shared/data/ean/ean_15pairs_dft.jsonl
@@ -23,6 +27,7 @@ examples:
   python -m jat.evaluate runs/my-run --split test            # the run's own held-out set
   python -m jat.evaluate runs/committee val.extxyz --calibrate runs/committee-calibrated
   python -m jat.evaluate runs/committee --split validation --calibrate runs/committee-cal
+  python -m jat.evaluate runs/com --split validation --calibrate runs/cal --calibration coverage
 """
 
 
@@ -55,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="committees: fit the σ calibration on this data (use a validation set, not the "
         "training set) and save the calibrated potential to OUT_DIR",
     )
+    parser.add_argument(
+        "--calibration",
+        choices=CALIBRATION_METHODS,
+        default="nll",
+        help="with --calibrate: 'nll' the Gaussian NLL minimum (default), 'coverage' the factor "
+        "putting 68.27%% of the errors within ±1σ (for heavy-tailed errors)",
+    )
     args = parser.parse_args(argv)
     if bool(args.data) == bool(args.split):
         parser.error("give DATA files or --split, not both and not neither")
@@ -68,7 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from jat import Potential
     from jat.data import read_structures
-    from jat.evaluation import error_metrics, evaluate, fit_calibration, write_plots
+    from jat.evaluation import (
+        cross_fitted_coverage,
+        error_metrics,
+        evaluate,
+        fit_calibration,
+        write_plots,
+    )
 
     source = Path(args.potential)
     potential = Potential.load(source)
@@ -85,13 +103,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.calibrate is not None:
         if not potential.members:
             raise ValueError("--calibrate needs a committee (a potential with members >= 2)")
-        calibration = fit_calibration(ev, fitted_on=data_name)
+        calibration = fit_calibration(ev, fitted_on=data_name, method=args.calibration)
         potential.with_calibration(calibration).save(args.calibrate)
         metrics["calibration"] = calibration.to_dict()
         metrics["calibrated_uncertainty"] = error_metrics(
             evaluate(potential.with_calibration(calibration), structures,
                      batch_size=args.batch_size)
         ).get("uncertainty", {})
+        if len(structures) >= 2 and np.isfinite(ev.forces_ref).any():
+            # the coverage on this data is fitted; this one scores each half with the other's
+            metrics["calibrated_uncertainty"]["forces_cross_fitted"] = cross_fitted_coverage(
+                ev, args.calibration
+            )
         print(f"calibrated potential saved to {args.calibrate}", file=sys.stderr)
     out = Path(args.out) if args.out else _default_out(source)
     out.mkdir(parents=True, exist_ok=True)

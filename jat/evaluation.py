@@ -19,7 +19,14 @@ import numpy as np
 
 from jat.data.structure import Structure
 from jat.properties import DEBYE_PER_EA
-from jat.uncertainty import Calibration, coverage, gaussian_nll, miscalibration_area, nll_factor
+from jat.uncertainty import (
+    CALIBRATION_METHODS,
+    Calibration,
+    calibration_factor,
+    coverage,
+    gaussian_nll,
+    miscalibration_area,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,25 +295,56 @@ def _z_score_figures(ev: Evaluation, de: np.ndarray, df: np.ndarray) -> dict[str
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
-def fit_calibration(ev: Evaluation, fitted_on: str = "") -> Calibration:
-    """Closed-form NLL factors (:func:`jat.uncertainty.nll_factor`) from a committee's raw σ
-    (``evaluate(..., calibrated=False)``) on held-out data; a quantity without labels keeps 1."""
+def fit_calibration(ev: Evaluation, fitted_on: str = "", method: str = "nll") -> Calibration:
+    """Calibration factors from a committee's raw σ (``evaluate(..., calibrated=False)``) on
+    held-out data, by ``method`` (:data:`jat.uncertainty.CALIBRATION_METHODS`: "nll" the
+    closed-form Gaussian NLL minimum, "coverage" ±1σ holding 68.27 % of the errors); a quantity
+    without labels keeps 1."""
     if not ev.committee:
         raise ValueError("calibration needs a committee's σ (a potential with members >= 2)")
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
 
     def factor(errors, stds):
         try:
-            return nll_factor(errors, stds)
-        except ValueError:
+            return calibration_factor(errors, stds, method)
+        except ValueError:  # no labels of this quantity
             return 1.0
 
     return Calibration(
         energy=factor(ev.energy - ev.energy_ref, ev.energy_std),
         forces=factor(ev.forces - ev.forces_ref, ev.forces_std),
         stress=factor(ev.stress - ev.stress_ref, ev.stress_std),
-        method="nll",
+        method=method,
         fitted_on=fitted_on,
     )
+
+
+def cross_fitted_coverage(ev: Evaluation, method: str = "nll", folds: int = 2) -> dict[str, float]:
+    """An honest estimate of the calibrated force σ's coverage: the structures are dealt into
+    ``folds`` groups (structure k into group k mod folds); each group's force components are
+    scored with the factor fitted on the other groups. Returns the 1σ and 2σ coverage over all
+    components and the spread of the fitted factors (``factor_min``, ``factor_max``)."""
+    if not ev.committee:
+        raise ValueError("calibration needs a committee's σ (a potential with members >= 2)")
+    m = len(ev.energy)
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= m:
+        raise ValueError(f"folds must be an integer in [2, {m}] (the structures), got {folds!r}")
+    errors = ev.forces - ev.forces_ref
+    group = ev.structure % folds
+    scaled, factors = np.empty_like(errors), []
+    for k in range(folds):
+        fit = group != k
+        factors.append(calibration_factor(errors[fit], ev.forces_std[fit], method))
+        scaled[~fit] = factors[-1] * ev.forces_std[~fit]
+    keep = np.isfinite(errors) & np.isfinite(scaled)
+    return {
+        "folds": folds,
+        "coverage_1std": coverage(errors[keep], scaled[keep], 1.0),
+        "coverage_2std": coverage(errors[keep], scaled[keep], 2.0),
+        "factor_min": float(min(factors)),
+        "factor_max": float(max(factors)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +428,7 @@ def write_plots(ev: Evaluation, directory: str | os.PathLike, title: str = "") -
 
 __all__ = [
     "Evaluation",
+    "cross_fitted_coverage",
     "error_metrics",
     "evaluate",
     "explain",

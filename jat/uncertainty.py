@@ -29,6 +29,11 @@ import numpy as np
 
 QUANTITIES = ("energy", "forces", "stress")
 MIN_STD = 1e-12  # σ below this (members agree to round-off) is left out of a calibration fit
+#: how a calibration factor is fitted: "nll" the closed-form Gaussian NLL minimum
+#: (:func:`nll_factor`); "coverage" the factor that puts 68.27 % of the errors within ±1σ
+#: (:func:`coverage_factor`), for errors with heavier tails than a Gaussian
+CALIBRATION_METHODS = ("nll", "coverage")
+ONE_SIGMA = 0.6826894921370859  # a Gaussian's mass within ±1σ
 
 
 def spread(values: Any, xp: Any = np) -> tuple[Any, Any]:
@@ -50,8 +55,8 @@ def atom_force_std(forces_std: Any, xp: Any = np) -> Any:
 class Calibration:
     """Factors s multiplying the committee's σ of each quantity (1 = uncalibrated).
 
-    ``method`` says how they were obtained ("nll": the closed-form Gaussian NLL minimum on the
-    data named in ``fitted_on``; "none": not calibrated).
+    ``method`` says how they were obtained on the data named in ``fitted_on``: one of
+    :data:`CALIBRATION_METHODS`, or "none" (not calibrated).
     """
 
     energy: float = 1.0
@@ -69,8 +74,11 @@ class Calibration:
                 raise ValueError(
                     f"calibration factor {name!r} must be positive and finite, got {value!r}"
                 )
-        if self.method not in ("none", "nll"):
-            raise ValueError(f"calibration method must be 'none' or 'nll', got {self.method!r}")
+        if self.method not in ("none", *CALIBRATION_METHODS):
+            raise ValueError(
+                f"calibration method must be one of {('none', *CALIBRATION_METHODS)}, "
+                f"got {self.method!r}"
+            )
 
     def factor(self, quantity: str) -> float:
         return float(getattr(self, quantity))
@@ -93,9 +101,8 @@ class Calibration:
         return cls(**dict(data))
 
 
-def nll_factor(errors: Any, stds: Any) -> float:
-    """The factor ŝ minimising the Gaussian NLL of ``errors`` given ŝ·``stds`` (same shapes,
-    any unit): ŝ = sqrt(mean(e²/σ²)) over the entries with σ > :data:`MIN_STD`."""
+def _ratios(errors: Any, stds: Any) -> np.ndarray:
+    """e/σ over the entries with finite values and σ > :data:`MIN_STD`."""
     e = np.asarray(errors, np.float64).ravel()
     s = np.asarray(stds, np.float64).ravel()
     if e.shape != s.shape:
@@ -103,7 +110,31 @@ def nll_factor(errors: Any, stds: Any) -> float:
     keep = np.isfinite(e) & np.isfinite(s) & (s > MIN_STD)
     if not keep.any():
         raise ValueError("no finite error with a positive σ to calibrate on")
-    return float(np.sqrt(np.mean((e[keep] / s[keep]) ** 2)))
+    return e[keep] / s[keep]
+
+
+def nll_factor(errors: Any, stds: Any) -> float:
+    """The factor ŝ minimising the Gaussian NLL of ``errors`` given ŝ·``stds`` (same shapes,
+    any unit): ŝ = sqrt(mean(e²/σ²)) over the entries with σ > :data:`MIN_STD`."""
+    return float(np.sqrt(np.mean(_ratios(errors, stds) ** 2)))
+
+
+def coverage_factor(errors: Any, stds: Any, level: float = ONE_SIGMA) -> float:
+    """The factor ŝ for which a fraction ``level`` of ``errors`` lies within ±ŝ·``stds``: the
+    ``level`` quantile of |e|/σ. Unlike :func:`nll_factor` a few large outliers do not widen
+    every σ, so ±1σ covers 68 % even when the errors have heavy tails."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"coverage level must lie in (0, 1), got {level!r}")
+    return float(np.quantile(np.abs(_ratios(errors, stds)), level))
+
+
+def calibration_factor(errors: Any, stds: Any, method: str) -> float:
+    """ŝ by ``method``, one of :data:`CALIBRATION_METHODS`."""
+    if method == "nll":
+        return nll_factor(errors, stds)
+    if method == "coverage":
+        return coverage_factor(errors, stds)
+    raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
 
 
 def gaussian_nll(errors: Any, stds: Any) -> float:
@@ -285,6 +316,7 @@ class GuardEvent:
 
 
 __all__ = [
+    "CALIBRATION_METHODS",
     "QUANTITIES",
     "Calibration",
     "Guard",
@@ -293,7 +325,9 @@ __all__ = [
     "UncertaintyError",
     "Welford",
     "atom_force_std",
+    "calibration_factor",
     "coverage",
+    "coverage_factor",
     "gaussian_nll",
     "label_statistics",
     "miscalibration_area",

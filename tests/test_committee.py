@@ -25,7 +25,9 @@ from jat.uncertainty import (
     Calibration,
     Guard,
     UncertaintyError,
+    calibration_factor,
     coverage,
+    coverage_factor,
     gaussian_nll,
     miscalibration_area,
     nll_factor,
@@ -180,6 +182,27 @@ def test_nll_factor_is_the_closed_form_minimum():
     assert miscalibration_area(errors, sigma) > 0.2
     with pytest.raises(ValueError, match="no finite error"):
         nll_factor([1.0], [0.0])
+
+
+def test_coverage_factor_holds_one_sigma_under_heavy_tails():
+    rng = np.random.default_rng(1)
+    sigma = rng.uniform(0.1, 1.0, 20000)
+    gauss = rng.normal(0.0, 2.0 * sigma)
+    assert coverage_factor(gauss, sigma) == pytest.approx(2.0, rel=0.03)  # Gaussian: as NLL
+    heavy = 2.0 * sigma * rng.standard_t(2.5, sigma.size)  # Student t: heavy tails
+    s_cov, s_nll = coverage_factor(heavy, sigma), nll_factor(heavy, sigma)
+    assert coverage(heavy, s_cov * sigma) == pytest.approx(0.683, abs=0.005)
+    assert coverage(heavy, s_nll * sigma) > 0.75  # NLL's factor is widened by the tails
+    assert s_cov < s_nll
+    assert calibration_factor(heavy, sigma, "coverage") == s_cov
+    assert calibration_factor(heavy, sigma, "nll") == s_nll
+    with pytest.raises(ValueError, match="calibration method"):
+        calibration_factor(heavy, sigma, "isotonic")
+    with pytest.raises(ValueError, match="level"):
+        coverage_factor(heavy, sigma, level=1.0)
+    assert Calibration(forces=1.5, method="coverage").method == "coverage"
+    with pytest.raises(ValueError, match="calibration method"):
+        Calibration(method="isotonic")
 
 
 def test_create_members_save_and_load(tmp_path):

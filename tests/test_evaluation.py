@@ -15,7 +15,13 @@ from conftest import emt_labelled
 import jat
 from jat.data import read_structures
 from jat.evaluate import main as evaluate_main
-from jat.evaluation import error_metrics, evaluate, fit_calibration, per_structure_force_errors
+from jat.evaluation import (
+    cross_fitted_coverage,
+    error_metrics,
+    evaluate,
+    fit_calibration,
+    per_structure_force_errors,
+)
 
 SPECIES = ("H", "C", "N", "O", "Cu")
 SMALL = {"features": 8, "interactions": 1}
@@ -98,6 +104,19 @@ def test_committee_figures_and_calibration(data_file):
     assert err_s.shape == std_s.shape == (len(structures),)
     with pytest.raises(ValueError, match="committee"):
         fit_calibration(evaluate(com.member(1), structures))
+    by_coverage = fit_calibration(raw, method="coverage")
+    assert by_coverage.method == "coverage"
+    calibrated = evaluate(com.with_calibration(by_coverage), structures)
+    assert error_metrics(calibrated)["uncertainty"]["forces"]["coverage_1std"] == pytest.approx(
+        0.683, abs=0.05
+    )
+    with pytest.raises(ValueError, match="calibration method"):
+        fit_calibration(raw, method="isotonic")
+    crossed = cross_fitted_coverage(raw, "coverage", folds=2)
+    assert 0.0 <= crossed["coverage_1std"] <= crossed["coverage_2std"] <= 1.0
+    assert 0.0 < crossed["factor_min"] <= crossed["factor_max"]
+    with pytest.raises(ValueError, match="folds"):
+        cross_fitted_coverage(raw, folds=len(structures) + 1)
 
 
 def test_cli_reports_plots_and_calibrates(data_file, tmp_path, capsys):
@@ -113,6 +132,14 @@ def test_cli_reports_plots_and_calibrates(data_file, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text()) == metrics
     back = jat.Potential.load(tmp_path / "calibrated")
     assert back.calibration.forces == pytest.approx(metrics["calibration"]["forces"])
+    crossed = metrics["calibrated_uncertainty"]["forces_cross_fitted"]
+    assert crossed["folds"] == 2 and 0.0 <= crossed["coverage_1std"] <= 1.0
+    assert evaluate_main([str(pot_dir), str(data_file), "--out", str(out), "--no-plots",
+                          "--calibrate", str(tmp_path / "by-coverage"),
+                          "--calibration", "coverage"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["calibration"]["method"] == "coverage"
+    assert jat.Potential.load(tmp_path / "by-coverage").calibration.method == "coverage"
     try:
         import matplotlib  # noqa: F401
     except ImportError:
