@@ -4,6 +4,9 @@ eV/Å and eV/Å³, and raises :class:`DataError` (naming the file and the entry)
     for s in read_structures(["ani_gdb_s01.h5", "ani_gdb_s02.h5"], fraction=0.1):
         ...
 
+Large sets fit in memory as a :class:`StructureTable` (``collect(read_structures(...))``): the
+same structures as columns, about 0.3 kB per small molecule instead of 1.3 kB as a list.
+
 Importing this package loads neither JAX nor h5py nor ``ase.io``.
 """
 
@@ -16,6 +19,7 @@ from jat.data.paths import data_dir
 from jat.data.qm9 import qm9pack_dir, read_exclusion_list, read_qm9
 from jat.data.readers import BUILTIN, detect_format, read_structures
 from jat.data.structure import DataError, Structure
+from jat.data.table import StructureTable, collect
 
 __all__ = [
     "BUILTIN",
@@ -23,6 +27,8 @@ __all__ = [
     "EAN_SPECIES",
     "DataError",
     "Structure",
+    "StructureTable",
+    "collect",
     "data_dir",
     "detect_format",
     "ean_symbols",
