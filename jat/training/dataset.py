@@ -29,6 +29,7 @@ import numpy as np
 
 from jat import graph
 from jat.data.structure import DataError, Structure
+from jat.data.table import StructureTable
 from jat.graph.errors import INPUT
 from jat.graph.geometry import reduce_positions
 from jat.properties import Target
@@ -403,7 +404,8 @@ def build_dataset(
             rows = [structures[k] for k in members[bound]]
             bucket = _bucket(rows, members[bound], bound, lookup, cutoff, energy_shift)
             buckets.append(_with_properties(bucket, rows, targets, lookup))
-    return Dataset(tuple(buckets), tuple(structures))
+    kept = structures if isinstance(structures, StructureTable) else tuple(structures)
+    return Dataset(tuple(buckets), kept)
 
 
 def _bound_of(s: Structure, bounds: Sequence[int]) -> int:

@@ -61,14 +61,19 @@ def split_indices(
         test = 0
     rng = np.random.default_rng([seed, 7919])
     excluded_formulas = {_normalise_formula(f) for f in exclude_formulas}
-    excluded = [k for k, s in enumerate(structures) if s.formula in excluded_formulas]
-    pool = [k for k, s in enumerate(structures) if s.formula not in excluded_formulas]
+    if excluded_formulas:
+        out = [s.formula in excluded_formulas for s in structures]
+        excluded = [k for k, x in enumerate(out) if x]
+        pool = [k for k, x in enumerate(out) if not x]
+    else:
+        excluded, pool = [], list(range(len(structures)))
     if by == "molecule":
-        groups = sorted({structures[k].group or structures[k].formula for k in pool})
+        keys = [s.group or s.formula for s in (structures[k] for k in pool)]
+        groups = sorted(set(keys))
         order = rng.permutation(len(groups))
         n_test = _count(test, len(groups))
         test_groups = {groups[g] for g in order[:n_test]}
-        in_test = [(structures[k].group or structures[k].formula) in test_groups for k in pool]
+        in_test = [key in test_groups for key in keys]
         test_idx = [k for k, t in zip(pool, in_test, strict=True) if t]
         rest = [k for k, t in zip(pool, in_test, strict=True) if not t]
         rest = [rest[k] for k in rng.permutation(len(rest))]
@@ -116,20 +121,26 @@ def fit_energy_reference(
     scale (eV): the RMS force component when forces are present (× 1 Å), else the RMS residual
     energy per atom. Returns (μ (S,), scale)."""
     lookup = {s: k for k, s in enumerate(species)}
-    with_energy = [s for s in structures if s.energy is not None]
+    rows, energies = [], []  # one pass; per structure only its element counts are kept
+    force_squares, force_components = 0.0, 0
+    for s in structures:
+        if s.energy is not None:
+            rows.append(np.bincount([lookup[x] for x in s.symbols], minlength=len(species)))
+            energies.append(s.energy)
+        if s.forces is not None:
+            f = np.asarray(s.forces, np.float64)
+            force_squares += float(np.sum(f**2))
+            force_components += f.size
     shift = np.zeros(len(species))
     residual = np.zeros(0)
-    if with_energy:
-        counts = np.zeros((len(with_energy), len(species)))
-        for r, s in enumerate(with_energy):
-            np.add.at(counts[r], [lookup[x] for x in s.symbols], 1.0)
-        energies = np.array([s.energy for s in with_energy])
+    if rows:
+        counts = np.array(rows, np.float64)
+        energies = np.array(energies, np.float64)
         shift = np.linalg.lstsq(counts, energies, rcond=None)[0]
         n_atoms = counts.sum(axis=1)
         residual = (energies - counts @ shift) / n_atoms
-    forces = [s.forces for s in structures if s.forces is not None]
-    if forces_trained and forces:
-        scale = float(np.sqrt(np.mean(np.concatenate([f.ravel() for f in forces]) ** 2)))
+    if forces_trained and force_components:
+        scale = float(np.sqrt(force_squares / force_components))
     elif residual.size:
         scale = float(np.sqrt(np.mean(residual**2)))
     else:

@@ -146,7 +146,7 @@ class Trainer:
             label_statistics(train, shift, self.species)
         )
         self.check_stop("while creating the model")
-        sizes = [s.n_atoms for structures in self.sets.values() for s in structures]
+        sizes = np.concatenate([structures.n_atoms for structures in self.sets.values()])
         bounds = choose_buckets(sizes, cfg.training.max_buckets)
         lists = cfg.training.neighbor_lists
         if lists == "auto":
