@@ -20,6 +20,12 @@ Each measurement runs in its own process (peak RSS is per process, ``ru_maxrss``
   one process, timed in interleaved rounds (``--rounds`` × ``--steps`` steps of each) of the
   training step of ``python -m jat.train`` (JAT 2 × 32, forces and energy, batch ``--batch``).
 
+- ``command`` (unless ``--no-command``): the whole ``python -m jat.train`` at every size, on an
+  ANI-1-format HDF5 file of the same synthetic conformations (energies only, as ANI-1 has; written
+  to a temporary directory first): peak RSS of the training process (reading, split, energy
+  reference, packing, training, checkpoints) and its training throughput; at the smallest size
+  also with ``training.neighbor_lists=stored``, the in-memory baseline.
+
 Targets (issue 13): at 1 000 000 conformations peak RSS ≤ 4 GB and ≤ 1.5× that at 100 000;
 per-batch throughput ≥ 80 % of the in-memory (stored) throughput. The last line is one JSON
 object with every figure.
@@ -54,6 +60,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (compare)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 000 and 4 000")
+    parser.add_argument(
+        "--no-command", action="store_true", help="skip the whole-command measurements"
+    )
+    parser.add_argument(
+        "--command-only", action="store_true", help="only the whole-command measurements"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -229,6 +241,117 @@ def _run_child(args: argparse.Namespace, what: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _base_molecules(data_dir: str | None) -> list[tuple[str, object, object, object]]:
+    """(group, species, coordinates (C, N, 3), energies (C,) Hartree) of ANI-1 s01 and s02."""
+    import h5py
+    import numpy as np
+
+    from jat.data import data_dir as default_dir
+
+    root = os.path.join(data_dir or str(default_dir()), "ani1")
+    out = []
+    for name in ("ani_gdb_s01.h5", "ani_gdb_s02.h5"):
+        with h5py.File(os.path.join(root, name), "r") as h5:
+            def visit(key, item):
+                if isinstance(item, h5py.Group) and "coordinates" in item:
+                    out.append((key, item["species"][()], np.asarray(item["coordinates"][()]),
+                                np.asarray(item["energies"][()], np.float64)))
+            h5.visititems(visit)
+    return out
+
+
+def write_ani1_like(n: int, path: str, data_dir: str | None) -> None:
+    """``n`` synthetic conformations in ANI-1's HDF5 layout: repeat r of base conformation c
+    perturbed by N(0, NOISE) seeded by (r, c), energy plus the harmonic energy (Hartree)."""
+    import h5py
+    import numpy as np
+    from ase.units import Hartree
+
+    base = _base_molecules(data_dir)
+    per_repeat = sum(len(e) for _, _, _, e in base)
+    repeats = -(-n // per_repeat)
+    left = n
+    with h5py.File(path, "w") as h5:
+        for r in range(repeats):
+            for g, (key, species, coords, energies) in enumerate(base):
+                take = min(left, len(energies))
+                if take == 0:
+                    break
+                delta = np.random.default_rng([r, g]).normal(0.0, NOISE, coords[:take].shape)
+                group = h5.create_group(f"synthetic/{key.replace('/', '_')}-r{r}")
+                group["species"] = species
+                group["coordinates"] = (coords[:take] + delta).astype(np.float32)
+                group["energies"] = (
+                    energies[:take] + 0.5 * SPRING * np.sum(delta**2, axis=(1, 2)) / Hartree
+                )
+                left -= take
+
+
+def run_command(n: int, workdir: str, layout: str, data_dir: str | None, batch: int) -> dict:
+    """``python -m jat.train`` on ``n`` synthetic conformations; its peak RSS and throughput."""
+    path = os.path.join(workdir, f"synthetic-{n}.h5")
+    if not os.path.exists(path):
+        write_ani1_like(n, path, data_dir)
+    run_dir = os.path.join(workdir, f"run-{n}-{layout}")
+    epochs = 1 if n >= 500_000 else 2
+    cmd = [
+        sys.executable, "-m", "jat.train", f"data.train={path}", "data.format=ani1",
+        "data.split.validation=0.01", "model.name=jat", f"model.cutoff={CUTOFF}",
+        *(f"model.{k}={v}" for k, v in MODEL.items()), "loss.forces_weight=0",
+        "loss.energy_weight=1", f"training.batch_size={batch}", f"training.epochs={epochs}",
+        f"training.neighbor_lists={layout}", "logging.progress=none", f"run_dir={run_dir}",
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    if status:
+        sys.stderr.write(err)
+        raise SystemExit(f"jat.train on {n} conformations failed (status {status})")
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    rates = [r["train_structures_per_s"] for r in rows if "train_structures_per_s" in r]
+    return {
+        "structures": n,
+        "layout": layout,
+        "epochs": epochs,
+        "wall_s": seconds,
+        "peak_rss_gb": usage.ru_maxrss / 2**20,
+        "train_structures_per_s": max(rates),
+    }
+
+
+def measure_commands(args: argparse.Namespace, sizes: list[int]) -> tuple[dict, dict]:
+    """The whole-command runs (see the module docstring), printed; (runs, ratios)."""
+    import tempfile
+
+    small, large = min(sizes), max(sizes)
+    commands: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="jat-streaming-") as work:
+        commands["stored"] = run_command(small, work, "stored", args.data_dir, args.batch)
+        for n in sizes:
+            commands[str(n)] = run_command(n, work, "per_batch", args.data_dir, args.batch)
+    for c in commands.values():
+        print(
+            f"python -m jat.train, {c['structures']:>9} conformations, {c['layout']:>9}: "
+            f"peak RSS {c['peak_rss_gb']:.2f} GB, {c['train_structures_per_s']:8.1f} "
+            f"structures/s, {c['wall_s']:.0f} s in all"
+        )
+    big, little = commands[str(large)], commands[str(small)]
+    figures = {
+        "peak_rss_gb": big["peak_rss_gb"],
+        "rss_ratio": big["peak_rss_gb"] / little["peak_rss_gb"],
+        "throughput_vs_stored": big["train_structures_per_s"]
+        / commands["stored"]["train_structures_per_s"],
+    }
+    print(
+        f"python -m jat.train at {large}: peak RSS {figures['peak_rss_gb']:.2f} GB, "
+        f"{figures['rss_ratio']:.2f}× that at {small}; throughput "
+        f"{figures['throughput_vs_stored']:.1%} of stored lists at {small}"
+    )
+    return commands, figures
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.child:
@@ -240,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.rounds, args.batch = 3, 1, 16
     small, large = min(sizes), max(sizes)
+    if args.command_only:
+        commands, figures = measure_commands(args, sizes)
+        print(json.dumps({"benchmark": "streaming", "command": commands,
+                          "command_figures": figures}))
+        return 0
     runs = {n: _run_child(args, f"per_batch:{n}") for n in sizes}
     compare = _run_child(args, f"compare:{small}")
     print(
@@ -267,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{small} (target ≤ {RSS_RATIO_TARGET}×); throughput {large_ratio:.1%} of stored at "
         f"{small} (separate processes)"
     )
+    commands, command_figures = ({}, {}) if args.no_command else measure_commands(args, sizes)
     summary = {
         "benchmark": "streaming",
         "backend": jax.default_backend(),
@@ -278,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         "rss_ratio": rss_ratio,
         "throughput_ratio": compare["ratio"],
         "large_vs_stored": large_ratio,
+        "command": commands,
+        "command_figures": command_figures,
         "targets_met": {
             "rss": peak <= RSS_TARGET_GB,
             "rss_ratio": rss_ratio <= RSS_RATIO_TARGET,

@@ -237,3 +237,26 @@ def test_streaming_benchmark_set_is_lazy_and_seeded():
     assert not np.array_equal(a[3].positions, a[3 + len(a.symbols)].positions)
     with pytest.raises(IndexError):
         b[10]
+
+
+def test_streaming_benchmark_writes_an_ani1_file_the_reader_takes(tmp_path):
+    """The whole-command measurement's HDF5 file: ANI-1's layout, exactly n conformations."""
+    import sys
+    from pathlib import Path
+
+    from jat.data import data_dir, read_ani1
+
+    if not (data_dir() / "ani1" / "ani_gdb_s01.h5").is_file():
+        pytest.skip(f"ANI-1 files not found under {data_dir()} (set $JAT_DATA_DIR)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from streaming import write_ani1_like
+    finally:
+        sys.path.pop(0)
+    path = tmp_path / "synthetic.h5"
+    write_ani1_like(70_000, str(path), None)  # more than one repeat of the 61 762 base ones
+    structures = list(read_ani1(path))
+    assert len(structures) == 70_000
+    assert {x for s in structures[::1000] for x in s.symbols} <= {"H", "C", "N", "O"}
+    assert len({s.group for s in structures}) > 2 and all(np.isfinite(s.energy)
+                                                           for s in structures[::1000])
