@@ -309,7 +309,8 @@ def run_command(n: int, workdir: str, layout: str, data_dir: str | None, batch: 
     if status:
         sys.stderr.write(err)
         raise SystemExit(f"jat.train on {n} conformations failed (status {status})")
-    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
     rates = [r["train_structures_per_s"] for r in rows if "train_structures_per_s" in r]
     return {
         "structures": n,

@@ -62,9 +62,9 @@ def split_indices(
     rng = np.random.default_rng([seed, 7919])
     excluded_formulas = {_normalise_formula(f) for f in exclude_formulas}
     if excluded_formulas:
-        out = [s.formula in excluded_formulas for s in structures]
-        excluded = [k for k, x in enumerate(out) if x]
-        pool = [k for k, x in enumerate(out) if not x]
+        is_excluded = [s.formula in excluded_formulas for s in structures]
+        excluded = [k for k, x in enumerate(is_excluded) if x]
+        pool = [k for k, x in enumerate(is_excluded) if not x]
     else:
         excluded, pool = [], list(range(len(structures)))
     if by == "molecule":
