@@ -809,6 +809,7 @@ def init_params(module: nn.Module, seed: int, dtype: str, members: int | None = 
     receivers = jnp.array([0, 1], jnp.int32)
     mask = jnp.array([True, True])
 
+    @jax.jit  # one compiled program: run op by op, a model's init compiled hundreds of them
     def init(key):
         return module.init(key, species, vec, senders, receivers, mask)
 
