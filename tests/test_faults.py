@@ -235,8 +235,12 @@ FAULT_POINTS = (
 )
 
 
+# one seeded sequence in the normal suite; JAT_FAULT_SEEDS=0,1,2 (any list) runs more of them
+SEEDS = [int(s) for s in os.environ.get("JAT_FAULT_SEEDS", "0").split(",")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_random_kills_always_leave_a_resumable_run(data, tmp_path, references, seed):
     """Up to six processes in a row, each killed at a point drawn from ``FAULT_POINTS`` (the
     N-th passage in that process) or, once, after a random delay; after each, the directory is
