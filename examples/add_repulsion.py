@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
     if pot.repulsion is not None:
         raise SystemExit(f"{run}: the potential already has a repulsion ({pot.repulsion})")
     cfg = load_config(run / "config.yaml")
-    sets, sources = load_splits(cfg)
+    sets = load_splits(cfg)
     try:
-        check_split(run, sources)
+        check_split(run, sets)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     radii = data_radii(sets["train"], pot.species, pot.cutoff)

@@ -27,7 +27,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 try:
@@ -38,6 +38,8 @@ except ImportError:  # pragma: no cover - not POSIX: writes stay atomic, only un
 FAULT_ENV = "JAT_TEST_FAULT"
 TMP_TAG = ".tmp-"
 BACKUP_SUFFIX = ".old"
+#: a file's content, or an iterable of its pieces
+FileData = bytes | str | Iterable[bytes | str]
 
 _passages: dict[str, int] = {}
 _held: dict[tuple[int, int], int] = {}  # directories this process has locked, with a count
@@ -187,9 +189,10 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     shutil.rmtree(backup)
 
 
-def write_file(path: str | os.PathLike, data: bytes | str) -> None:
+def write_file(path: str | os.PathLike, data: FileData) -> None:
     """Replace the file ``path`` with ``data`` atomically and durably (temporary file, fsync,
-    rename, fsync of the directory)."""
+    rename, fsync of the directory). ``data`` is the content, or an iterable of its pieces
+    (written as they come, so a large file need not exist in memory at once)."""
     path = Path(path)
     with directory_lock(path.parent):
         tmp = _write_temporary(path, data)
@@ -202,7 +205,7 @@ def write_file(path: str | os.PathLike, data: bytes | str) -> None:
         fsync_directory(path.parent)
 
 
-def create_file(path: str | os.PathLike, data: bytes | str) -> None:
+def create_file(path: str | os.PathLike, data: FileData) -> None:
     """Create ``path`` with ``data`` only if it does not exist (``FileExistsError`` otherwise);
     the file appears complete or not at all, so it can serve as a claim marker."""
     path = Path(path)
@@ -216,13 +219,14 @@ def create_file(path: str | os.PathLike, data: bytes | str) -> None:
         fsync_directory(path.parent)
 
 
-def _write_temporary(path: Path, data: bytes | str) -> str:
+def _write_temporary(path: Path, data: FileData) -> str:
     """A fsynced temporary file beside ``path`` holding ``data`` (removed on failure)."""
-    raw = data.encode() if isinstance(data, str) else data
+    pieces = (data,) if isinstance(data, (bytes, str)) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
+            for piece in pieces:
+                fh.write(piece.encode() if isinstance(piece, str) else piece)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:

@@ -138,8 +138,8 @@ def run_split(run_dir: Path, name: str) -> list:
     config = run_dir / CONFIG_FILE
     if not config.is_file():
         raise FileNotFoundError(f"{run_dir}: --split needs a run directory (no {CONFIG_FILE})")
-    sets, sources = load_splits(load_config(config))
-    check_split(run_dir, sources)
+    sets = load_splits(load_config(config))
+    check_split(run_dir, sets)
     if not sets[name]:
         raise ValueError(f"{run_dir}: the run's {name} set is empty")
     return sets[name]

@@ -107,8 +107,10 @@ def test_splits_and_reference_are_those_of_the_list():
     assert split_indices(t, **kw) == split_indices(structures, **kw)
     species = ("H", "C", "O", "Xe")
     for forces in (True, False):
-        a, b = fit_energy_reference(t, species, forces), fit_energy_reference(structures, species,
-                                                                              forces)
+        a, b = (
+            fit_energy_reference(t, species, forces),
+            fit_energy_reference(structures, species, forces),
+        )
         np.testing.assert_allclose(a[0], b[0], rtol=1e-12)
         assert a[1] == pytest.approx(b[1], rel=1e-12)
 
@@ -118,9 +120,52 @@ def test_an_ani1_conformation_costs_a_few_hundred_bytes():
     if not path.exists():
         pytest.skip(f"{path} not found (the shared ANI-1 data; set JAT_DATA_DIR)")
     t = collect(read_ani1(path))
-    columns = [t.codes, t.offsets, t.positions, t.cell, t.pbc, t.energy, t.has_energy,
-               t.has_forces, t.has_stress, t.source_offsets, t.group_codes]
+    columns = [
+        t.codes,
+        t.offsets,
+        t.positions,
+        t.cell,
+        t.pbc,
+        t.energy,
+        t.has_energy,
+        t.has_forces,
+        t.has_stress,
+        t.source_offsets,
+        t.group_codes,
+    ]
     columns += [x for x in (t.forces, t.stress) if x is not None]
     per_structure = (sum(c.nbytes for c in columns) + len(t.source_bytes)) / len(t)
     assert per_structure < 400  # a list of Structure objects: about 1 300 B each
     _same(t[len(t) // 2], next(s for k, s in enumerate(read_ani1(path)) if k == len(t) // 2))
+
+
+def test_split_record_is_the_json_of_the_sources_and_checks_it(tmp_path):
+    """``split.json`` is written piece by piece, byte for byte ``json.dumps(indent=1)`` of the
+    sets' sources (an empty set included); check_split accepts it, and also the same content in
+    another layout, and refuses a changed split."""
+    import dataclasses
+    import json
+
+    from jat.training.data import check_split, split_record
+    from jat.training.rundir import SPLIT_FILE
+    from jat.training.splits import SETS
+
+    structures = _structures(11)
+    for k, s in enumerate(structures):  # sources that need escaping
+        structures[k] = dataclasses.replace(s, source=f'dir "é"\\{k}.xyz:{k}') if k % 3 == 0 else s
+    t = collect(structures)
+    sets = {
+        "train": t.take(np.array([5, 2, 10, 0])),
+        "validation": t.take(np.array([1, 3])),
+        "test": t.take(np.array([], int)),
+        "excluded": t.take(np.array([4])),
+    }
+    expected = json.dumps({n: sets[n].sources for n in SETS}, indent=1) + "\n"
+    assert "".join(split_record(sets, batch=2)) == expected
+    (tmp_path / SPLIT_FILE).write_text(expected)
+    check_split(tmp_path, sets)
+    (tmp_path / SPLIT_FILE).write_text(json.dumps({n: sets[n].sources for n in SETS}))
+    check_split(tmp_path, sets)
+    changed = dict(sets, validation=t.take(np.array([1, 6])))
+    with pytest.raises(ValueError, match="no longer gives the same split"):
+        check_split(tmp_path, changed)

@@ -86,8 +86,15 @@ class StructureTable(Sequence[Structure]):
     @property
     def sources(self) -> list[str]:
         """Every structure's ``source``, in order."""
-        b, o = self.source_bytes, self.source_offsets
-        return [b[o[c] : o[c + 1]].decode() for c in self._stored().tolist()]
+        return list(self.iter_sources())
+
+    def iter_sources(self, chunk: int = 65536) -> Iterator[str]:
+        """Every structure's ``source``, in order, one at a time (a million sources as one
+        list of ``str`` cost about 0.1 GB)."""
+        b, o, stored = self.source_bytes, self.source_offsets, self._stored()
+        for start in range(0, len(stored), chunk):
+            for c in stored[start : start + chunk].tolist():
+                yield b[o[c] : o[c + 1]].decode()
 
     @overload
     def __getitem__(self, key: int) -> Structure: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,8 @@ def _read_files(paths: Sequence[str], cfg: Config) -> Iterator[Structure]:
         yield from read_structures(path, format=fmt, **options)
 
 
-def load_splits(cfg: Config) -> tuple[dict[str, StructureTable], dict[str, list[str]]]:
-    """Structures of every set and, per set, their sources (for ``split.json``)."""
+def load_splits(cfg: Config) -> dict[str, StructureTable]:
+    """Structures of every set (``SETS``), as the configuration splits its data."""
     train_files = read_files(cfg.data.train, cfg)
     if not train_files:
         raise ValueError(f"no structures in {list(cfg.data.train)}")
@@ -94,15 +94,36 @@ def load_splits(cfg: Config) -> tuple[dict[str, StructureTable], dict[str, list[
         sets["validation"] = read_files(cfg.data.validation, cfg)
     if test_given:
         sets["test"] = read_files(cfg.data.test, cfg)
-    sources = {name: sets[name].sources for name in SETS}
-    return sets, sources
+    return sets
 
 
-def check_split(run_dir: str | os.PathLike, sources: dict[str, list[str]]) -> None:
-    """Raise unless ``sources`` (from :func:`load_splits`) is the split the run recorded."""
+def split_record(sets: Mapping[str, StructureTable], batch: int = 4096) -> Iterator[str]:
+    """``split.json``'s text, piece by piece: ``json.dumps({name: sources}, indent=1)`` plus a
+    newline for the names of ``SETS``, without holding every source string at once."""
+    yield "{"
+    for i, name in enumerate(SETS):
+        yield ("," if i else "") + f"\n {json.dumps(name)}: ["
+        pieces, first = [], True
+        for source in sets[name].iter_sources():
+            pieces.append(("\n  " if first else ",\n  ") + json.dumps(source))
+            first = False
+            if len(pieces) == batch:
+                yield "".join(pieces)
+                pieces = []
+        yield "".join(pieces) + ("]" if first else "\n ]")
+    yield "\n}\n"
+
+
+def check_split(run_dir: str | os.PathLike, sets: Mapping[str, StructureTable]) -> None:
+    """Raise unless ``sets`` (from :func:`load_splits`) are the split the run recorded."""
     path = Path(run_dir) / SPLIT_FILE
-    saved = json.loads(path.read_text())
-    if saved != sources:
+    with path.open("rb") as fh:
+        same = all(fh.read(len(raw)) == raw for raw in map(str.encode, split_record(sets)))
+        same = same and fh.read(1) == b""
+    if not same:  # a file written in another layout still matches if its content does
+        saved = json.loads(path.read_text())
+        same = set(saved) == set(SETS) and all(saved[name] == sets[name].sources for name in SETS)
+    if not same:
         raise ValueError(
             f"{path}: the data no longer gives the same split; the files changed since the run "
             "started"

@@ -29,7 +29,7 @@ from jat.config import Config, config_to_dict, dump_config, load_config
 from jat.dtypes import cast, precision
 from jat.potential import Potential
 from jat.training import distributed, optim, planning
-from jat.training.data import check_split, expand_path, load_splits, read_files
+from jat.training.data import check_split, expand_path, load_splits, read_files, split_record
 from jat.training.errors import RunCompleteError, RunError, RunWriteError, TrainingInterrupted
 from jat.training.interrupts import StopRequest, stop_on_signals
 from jat.training.kfold import cross_validate, folds_started
@@ -194,10 +194,10 @@ def _start(
 ) -> tuple[TrainState, RunProgress, list[dict[str, Any]]]:
     """The state, progress and metric rows the epochs continue from."""
     out = trainer.out
-    if resuming and run.read_split() is not None:
-        check_split(run.path, trainer.sources)
+    if resuming and run.has(SPLIT_FILE):
+        check_split(run.path, trainer.sets)
     else:
-        run.write_json(SPLIT_FILE, trainer.sources)
+        run.write_text(SPLIT_FILE, split_record(trainer.sets))
     if resuming and run.has_checkpoint("last"):
         state, prog = run.load_checkpoint("last", trainer.host(state))
         state = trainer.place(state)

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -230,10 +230,6 @@ class RunDirectory:
     def load_checkpoint(self, name: str, template: Any) -> tuple[Any, RunProgress]:
         return checkpoint.load_checkpoint(self.path / name, template)
 
-    def read_split(self) -> dict[str, list[str]] | None:
-        path = self.path / SPLIT_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
-
     def status(self) -> str:
         """What survives in this directory: the last checkpoint's epoch, or none."""
         try:
@@ -267,6 +263,13 @@ class RunDirectory:
             return
         with self._writing(self.path / name):
             write_file(self.path / name, json.dumps(obj, indent=1) + "\n")
+
+    def write_text(self, name: str, pieces: Iterable[str]) -> None:
+        """Replace the file ``name`` with the concatenated ``pieces``, written as they come."""
+        if not self.writes:
+            return
+        with self._writing(self.path / name):
+            write_file(self.path / name, pieces)
 
     def append_row(self, row: dict[str, Any]) -> None:
         """Append one epoch's metrics to ``metrics.jsonl`` (flushed and fsynced)."""

@@ -102,7 +102,7 @@ class Trainer:
         """Read and split the data, fit the energy reference, create the model, pad the data into
         buckets and prepare the compiled steps."""
         cfg = self.cfg
-        self.sets, self.sources = load_splits(cfg)
+        self.sets = load_splits(cfg)
         fault_point("train:setup")
         self.check_stop("while reading the data")
         train = self.sets["train"]

@@ -175,7 +175,7 @@ def _probe_structure(cfg: Any) -> Any:
     """The first validation structure of the run's split (else the first training one)."""
     from jat.training.data import load_splits
 
-    sets, _ = load_splits(cfg)
+    sets = load_splits(cfg)
     for name in ("validation", "train"):
         if sets.get(name):
             return sets[name][0]
