@@ -182,7 +182,7 @@ def test_per_batch_names_atoms_at_one_position(mixed):
         _datasets(structures)
 
 
-def test_per_batch_run_trains_like_a_stored_run(tmp_path):
+def test_per_batch_run_trains_like_a_stored_run_with_or_without_prefetching(tmp_path):
     atoms = []
     for k in range(12):
         a = bulk("Cu", "fcc", a=3.6, cubic=True)
@@ -190,23 +190,27 @@ def test_per_batch_run_trains_like_a_stored_run(tmp_path):
         atoms.append(emt_labelled(a))
     write(tmp_path / "cu.extxyz", atoms)
 
-    def run(lists):
+    def run(lists, prefetch=2):
+        name = f"{lists}-{prefetch}"
         cfg = config_from_dict({
-            "name": lists,
-            "run_dir": str(tmp_path / lists),
+            "name": name,
+            "run_dir": str(tmp_path / name),
             "data": {"train": str(tmp_path / "cu.extxyz"), "split": {"validation": 3}},
             "model": {"name": "jat", "cutoff": 3.0, "layers": 1, "width": 8, "heads": 1},
-            "training": {"epochs": 2, "batch_size": 4, "neighbor_lists": lists},
+            "training": {"epochs": 2, "batch_size": 4, "neighbor_lists": lists,
+                         "prefetch": prefetch},
             "logging": {"progress": "none"},
         })
         train(cfg)
-        lines = (tmp_path / lists / METRICS_FILE).read_text().splitlines()
+        lines = (tmp_path / name / METRICS_FILE).read_text().splitlines()
         return [json.loads(line) for line in lines]
 
-    stored, packed = run("stored"), run("per_batch")
-    for a, b in zip(stored, packed, strict=True):
-        for key in ("train_loss", "val_loss", "val_forces_mae", "val_energy_atom_mae"):
+    keys = ("train_loss", "val_loss", "val_forces_mae", "val_energy_atom_mae")
+    stored, packed, in_loop = run("stored"), run("per_batch"), run("per_batch", prefetch=0)
+    for a, b, c in zip(stored, packed, in_loop, strict=True):
+        for key in keys:
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
+            assert c[key] == b[key], key  # the same batches in the same order: equal results
 
 
 def test_neighbor_lists_option_is_validated():

@@ -352,6 +352,11 @@ class TrainingConfig(Section):
         "each batch's lists built on the device; auto: per_batch from "
         f"{PER_BATCH_FROM} structures (all sets), else stored",
     )
+    prefetch: Int(ge=0) = Field(
+        2,
+        description="batches made ahead of the step in a background thread (their host "
+        "gather and transfer to the device overlap the steps before); 0: each made in the loop",
+    )
     energy_reference: Annotated[str, Choice(("fit", "none"), null_as="none")] = Field(
         "fit", description="fit: per-species shift by least squares on element counts"
     )

@@ -8,11 +8,12 @@ non-finite step raises :class:`~jat.training.errors.NonFiniteError` naming its s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -22,7 +23,7 @@ import numpy as np
 from jat import properties
 from jat.atomic_io import fault_point
 from jat.config import PER_BATCH_FROM, Config
-from jat.dtypes import cast
+from jat.dtypes import cast, precision
 from jat.potential import Potential
 from jat.training import distributed, optim, parallel, steps
 from jat.training.data import load_splits, repulsion_spec, species_of
@@ -35,6 +36,7 @@ from jat.training.dataset import (
 )
 from jat.training.errors import NonFiniteError, TrainingInterrupted
 from jat.training.interrupts import StopRequest
+from jat.training.prefetch import prefetched
 from jat.training.progress import Progress
 from jat.training.rundir import RunDirectory
 from jat.training.splits import SETS, fit_energy_reference
@@ -329,6 +331,20 @@ class Trainer:
             return bucket.batch(rows, size, self.dtype)
         return parallel.sharded_batch(self.dp, bucket, rows, size, self.dtype)
 
+    def batches_of(
+        self, data: Dataset, batches: list[tuple[int, np.ndarray]], size: int
+    ) -> contextlib.closing[Iterator[Any]]:
+        """The batches (bucket, rows) of ``data`` as :meth:`make_batch` makes them, in order,
+        made ``training.prefetch`` ahead in a background thread; use in a ``with`` block, so
+        that the thread stops when the loop over them ends or raises. The batches are made
+        in the run's precision (``jax.enable_x64`` is a per-thread setting)."""
+
+        def make(entry: tuple[int, np.ndarray]) -> Any:
+            with precision(self.cfg.model.dtype):
+                return self.make_batch(data, *entry, size)
+
+        return contextlib.closing(prefetched(make, batches, self.cfg.training.prefetch))
+
     def measure_epoch(self, state: steps.TrainState) -> float:
         """Seconds an epoch (with its share of validation) takes, from compiled steps of every
         bucket timed on a throwaway copy of ``state``; compiles every shape on the way."""
@@ -368,10 +384,10 @@ class Trainer:
         batches = data.batches(self.eval_batch)
         params = self.place(params)
         sums, graph_errors = [], []
-        for b, rows in batches:
-            batch = self.make_batch(data, b, rows, self.eval_batch)
-            sums.append(self.eval_step(params, self.scale, batch))
-            graph_errors.append(batch.graph_error)
+        with self.batches_of(data, batches, self.eval_batch) as made:
+            for batch in made:
+                sums.append(self.eval_step(params, self.scale, batch))
+                graph_errors.append(batch.graph_error)
         host = jax.device_get(self.host(sums))
         check_graph_errors(
             [local_values(e) for e in graph_errors],
@@ -402,17 +418,17 @@ class Trainer:
         batches = train.batches(self.batch, rng)
         rates = schedule.values(step, len(batches))
         t = time.perf_counter()
-        for k, (b, rows) in enumerate(batches):
-            if not self.lockstep:
-                self.check_stop(f"during epoch {epoch}, which is discarded")
-            batch = self.make_batch(train, b, rows, self.batch)
-            state, metrics = self.step(state, b, rows, batch, rates[k])
-            parts.append(metrics)
-            graph_errors.append(batch.graph_error)
-            if "after_step" in self.hooks:
-                self.hooks["after_step"](epoch, k, state)
-            fault_point("train:step")
-            self.out.step(epoch, epochs, k + 1, len(batches))
+        with self.batches_of(train, batches, self.batch) as made:
+            for k, ((b, rows), batch) in enumerate(zip(batches, made, strict=True)):
+                if not self.lockstep:
+                    self.check_stop(f"during epoch {epoch}, which is discarded")
+                state, metrics = self.step(state, b, rows, batch, rates[k])
+                parts.append(metrics)
+                graph_errors.append(batch.graph_error)
+                if "after_step" in self.hooks:
+                    self.hooks["after_step"](epoch, k, state)
+                fault_point("train:step")
+                self.out.step(epoch, epochs, k + 1, len(batches))
         host = jax.device_get(self.host(parts))  # waits for the epoch's last step
         check_graph_errors(
             [local_values(e) for e in graph_errors],
