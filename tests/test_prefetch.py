@@ -7,9 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from ase.build import bulk
-from ase.io import write
-from conftest import emt_labelled
+from conftest import rattled_copper_file
 
 from jat.config import config_from_dict
 from jat.training import train
@@ -92,12 +90,7 @@ def test_depth_is_checked():
 
 def test_a_float64_run_trains_on_float64_batches(tmp_path, monkeypatch):
     """``jax.enable_x64`` holds per thread: the prefetching thread must make float64 batches."""
-    atoms = []
-    for k in range(6):
-        a = bulk("Cu", "fcc", a=3.6, cubic=True)
-        a.rattle(0.1, seed=k)
-        atoms.append(emt_labelled(a))
-    write(tmp_path / "cu.extxyz", atoms)
+    data = rattled_copper_file(tmp_path, 6)
     seen = []
     original = Trainer.step
 
@@ -108,7 +101,7 @@ def test_a_float64_run_trains_on_float64_batches(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "step", step)
     cfg = config_from_dict({
         "run_dir": str(tmp_path / "run"),
-        "data": {"train": str(tmp_path / "cu.extxyz"), "split": {"validation": 2}},
+        "data": {"train": str(data), "split": {"validation": 2}},
         "model": {"name": "jat", "cutoff": 3.0, "layers": 1, "width": 8, "heads": 1,
                   "dtype": "float64"},
         "training": {"epochs": 1, "batch_size": 2},

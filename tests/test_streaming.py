@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from ase.build import bulk, molecule
 from ase.io import write
-from conftest import emt_labelled
+from conftest import emt_labelled, rattled_copper_file
 
 import jat
 from jat.config import config_from_dict
@@ -183,19 +183,14 @@ def test_per_batch_names_atoms_at_one_position(mixed):
 
 
 def test_per_batch_run_trains_like_a_stored_run_with_or_without_prefetching(tmp_path):
-    atoms = []
-    for k in range(12):
-        a = bulk("Cu", "fcc", a=3.6, cubic=True)
-        a.rattle(0.1, seed=k)
-        atoms.append(emt_labelled(a))
-    write(tmp_path / "cu.extxyz", atoms)
+    data = rattled_copper_file(tmp_path, 12)
 
     def run(lists, prefetch=2):
         name = f"{lists}-{prefetch}"
         cfg = config_from_dict({
             "name": name,
             "run_dir": str(tmp_path / name),
-            "data": {"train": str(tmp_path / "cu.extxyz"), "split": {"validation": 3}},
+            "data": {"train": str(data), "split": {"validation": 3}},
             "model": {"name": "jat", "cutoff": 3.0, "layers": 1, "width": 8, "heads": 1},
             "training": {"epochs": 2, "batch_size": 4, "neighbor_lists": lists,
                          "prefetch": prefetch},
