@@ -102,21 +102,26 @@ def part_rows(rows: np.ndarray, size: int, parts: int, part: int) -> np.ndarray:
 
 def sharded_batch(dp: DataParallel, bucket: Bucket, rows: np.ndarray, size: int, dtype) -> Batch:
     """The global batch of ``size`` structures holding ``rows`` of ``bucket``: leaves (D, …),
-    split over the devices; this process builds its own parts only. A part without real rows
-    is a copy of the batch's first row with weight 0."""
+    split over the devices; this process builds its own parts only, each on its own device
+    (the host data goes straight to that device, and lists built with the batch are built
+    there), and assembles them without a copy through the host. A part without real rows is
+    a copy of the batch's first row with weight 0."""
     per = size // dp.size
     rows = np.asarray(rows)
+    devices = dp.mesh.devices.reshape(-1)
     parts = []
     for k in dp.local_parts:
-        own = part_rows(rows, size, dp.size, k)
-        part = bucket.batch(own if len(own) else rows[:1], per, dtype)
-        if not len(own):
-            part = without_weight(part)
-        parts.append(part)
-    local = jax.tree.map(lambda *x: np.stack(x), *jax.device_get(parts))
+        own, device = part_rows(rows, size, dp.size, k), devices[k]
+        with jax.default_device(device):
+            part = bucket.batch(own if len(own) else rows[:1], per, dtype)
+            if not len(own):
+                part = without_weight(part)
+            parts.append(jax.tree.map(lambda x, d=device: jax.device_put(x, d)[None], part))
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(dp.sharded, x, (dp.size, *x.shape[1:])),
-        local,
+        lambda *x: jax.make_array_from_single_device_arrays(
+            (dp.size, *x[0].shape[1:]), dp.sharded, list(x)
+        ),
+        *parts,
     )
 
 
