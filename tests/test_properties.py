@@ -198,6 +198,8 @@ def test_padding_changes_no_property_loss_or_metric(qm9_molecules):
     a = _eval_sums(pot, spec, tight, 7)  # one full batch
     b = _eval_sums(pot, spec, loose, 4)  # more atom slots, and a batch with a fill row
     assert set(a) >= {"mu_mae", "gap_mae", "U0_rmse", "mulliken_charges_mae", "loss"}
+    # neither energies nor forces are trained: no error of the untrained energy is reported
+    assert not {"energy_mae", "energy_atom_mae", "forces_mae"} & set(a)
     for key in a:
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 

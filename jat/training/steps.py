@@ -454,14 +454,17 @@ def reduce_sums(
     parts: list[dict[str, jax.Array]], spec: LossSpec | None = None
 ) -> dict[str, float]:
     """Add per-batch sums (one device→host transfer) and turn them into MAE/RMSE figures
-    (and, given the loss ``spec``, the evaluation loss)."""
+    (and, given the loss ``spec``, the evaluation loss). A ``spec`` that trains neither
+    energies nor forces (property targets alone) gives no energy figures: they would be the
+    error of an untrained output."""
     if not parts:
         return {}
     total = jax.tree.map(lambda *x: float(sum(x)), *jax.device_get(parts))
     loss = None if spec is None else evaluation_loss(spec, total)
     out: dict[str, float] = {}
     n_e = total.get("n_energy", 0.0)
-    if n_e > 0:
+    energy_trained = spec is None or spec.energy_weight > 0 or spec.forces_weight > 0
+    if n_e > 0 and energy_trained:
         out["energy_mae"] = total["energy_abs"] / n_e
         out["energy_rmse"] = (total["energy_sq"] / n_e) ** 0.5
         out["energy_atom_mae"] = total["energy_atom_abs"] / n_e
