@@ -239,6 +239,28 @@ def test_stop_reasons():
     assert "5 of the 10 planned epochs not run" in planning.describe_stop(cut, None)
 
 
+def _rows_at(seconds: list[float]) -> list[dict]:
+    return [{"epoch": k + 1, "epoch_time": t} for k, t in enumerate(seconds)]
+
+
+def test_a_slowed_run_shortens_its_plan_to_end_the_schedule_in_the_budget():
+    # planned 100 epochs of 1 s; from epoch 41 they take 2 s: 60 left need 120 s, 60 s remain
+    rows = _rows_at([5.0] + [1.0] * 39 + [2.0] * 10)
+    planned, note = planning.keep_on_time(rows, 100, remaining=60.0)
+    assert planned == 50 + int(60.0 * planning.BUDGET_MARGIN / 2.0) == 79
+    assert "shortening the plan to 79 epochs" in note and "2.00 s" in note
+    # on time: the plan stands; late by one epoch: one epoch less
+    assert planning.keep_on_time(rows, 100, remaining=100.0) == (100, None)
+    assert planning.keep_on_time(rows, 80, remaining=61.0) == (80, None)
+    assert planning.keep_on_time(rows, 80, remaining=59.0)[0] == 50 + int(59 * 0.97 / 2) == 78
+    # faster epochs never lengthen it; nothing left to plan or nothing timed yet
+    assert planning.keep_on_time(_rows_at([5.0] + [0.5] * 49), 100, 60.0) == (100, None)
+    assert planning.keep_on_time(rows, 50, remaining=1.0) == (50, None)
+    assert planning.keep_on_time(_rows_at([5.0]), 10, remaining=1.0) == (10, None)
+    # at least one more epoch is planned when the budget is nearly spent
+    assert planning.keep_on_time(rows, 100, remaining=0.5)[0] == 51
+
+
 def test_resume_outlook_says_whether_the_schedule_fits():
     prog = RunProgress(epoch=40, planned_epochs=100, elapsed=400.0)
     fits = planning.resume_outlook(prog, budget=1000.0, per_epoch=9.0)

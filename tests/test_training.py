@@ -8,6 +8,7 @@ import io
 import json
 import math
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -431,6 +432,36 @@ def test_time_budget_plans_and_stops(emt_files, tmp_path):
         assert rows[-1]["elapsed"] + rows[-1]["epoch_time"] > 8
     else:
         assert rows[-1]["epoch"] == progress["planned_epochs"]
+
+
+def test_a_budgeted_run_that_slows_down_shortens_its_plan_and_ends_its_schedule(
+    emt_files, tmp_path
+):
+    """Epochs that become several times slower after the re-plan (a loaded machine) would
+    leave most of the planned schedule unrun at the budget; the plan is shortened instead, so
+    the learning rate still comes down to lr_final (up to the last epoch, which the budget's
+    own stop may take on a noisy machine)."""
+    budget = 10
+    cfg = _config(
+        emt_files / "cu.extxyz", tmp_path, training={"epochs": 10_000, "time_budget": budget}
+    )
+
+    def slow(epoch, step, state):
+        if epoch > planning.REPLAN_EPOCH:
+            time.sleep(0.04)
+
+    out = io.StringIO()
+    result = train(cfg, hooks={"after_step": slow}, progress=Progress("lines", out))
+    assert "shortening the plan to" in out.getvalue()
+    progress = json.loads((result.run_dir / "last" / "progress.json").read_text())
+    rows = _rows(result.run_dir)
+    assert rows[-1]["epoch"] >= progress["planned_epochs"] - 1
+    spe = rows[0]["step"]
+    end = optim.Schedule("onecycle", cfg.optimizer.lr_min, cfg.optimizer.lr_max,
+                         cfg.optimizer.lr_final, progress["planned_epochs"] * spe, spe)
+    assert rows[-1]["lr"] == pytest.approx(end(rows[-1]["step"] - 1), rel=1e-5)
+    assert rows[-1]["lr"] < 0.1 * cfg.optimizer.lr_max
+    assert rows[-1]["elapsed"] <= budget
 
 
 def test_existing_run_dir_is_not_overwritten(emt_files, tmp_path):

@@ -317,6 +317,11 @@ def _train(
                 out.message(note)
             prog = dataclasses.replace(prog, planned_epochs=epochs, replanned=True)
             schedule = dataclasses.replace(schedule, total_steps=epochs * trainer.steps_per_epoch)
+        elif budget is not None and prog.replanned:
+            shorter, note = planning.keep_on_time(rows, epochs, budget - elapsed())
+            if note:
+                out.message(note)
+                prog = dataclasses.replace(prog, planned_epochs=shorter)
         prog = _agree(planning.with_stop_reason(prog, patience, budget, row["epoch_time"]))
         if prog.planned_epochs != epochs:
             epochs = prog.planned_epochs
