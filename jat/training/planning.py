@@ -39,8 +39,7 @@ def replan(
     includes compilation, is left out) and a message when it changes the plan."""
     done = rows[-1]["epoch"]
     measured = float(np.mean([r["epoch_time"] for r in rows[1:]]))
-    fit = done + int(remaining * BUDGET_MARGIN / max(measured, 1e-9))
-    fit = min(max(fit, done + 1), max_epochs)
+    fit = min(done + epochs_for_budget(measured, remaining, max_epochs), max_epochs)
     if abs(fit - planned) <= REPLAN_TOLERANCE * planned:
         return planned, None
     return fit, f"epochs take {measured:.2f} s: re-planning {fit} epochs instead of {planned}"
@@ -61,7 +60,7 @@ def keep_on_time(
     per_epoch = max(float(np.mean(recent)), 1e-9)
     if (planned - done) * per_epoch <= remaining:
         return planned, None
-    fit = max(done + int(remaining * BUDGET_MARGIN / per_epoch), done + 1)
+    fit = done + epochs_for_budget(per_epoch, remaining, planned - done)
     if fit >= planned:
         return planned, None
     return fit, (
@@ -132,7 +131,7 @@ def resume_outlook(progress: RunProgress, budget: float, per_epoch: float) -> st
     fit = max(int(left / max(per_epoch, 1e-9)), 0)
     return (
         f"{head}, which need about {need:.0f} s at {per_epoch:.2f} s per epoch now: unless "
-        f"the plan is shortened as the epochs show it, "
+        "the plan is shortened as the epochs show it, "
         f"the run will stop at the budget after about {fit} more epochs, before its "
         "learning-rate schedule ends"
     )
