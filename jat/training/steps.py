@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import jax.scipy.stats as jstats
 import optax
 
-from jat.predictor import predict_any
+from jat.predictor import over_members, predict_any
 from jat.properties import Target, compared, property_values
 from jat.training.optim import ema_rate, set_learning_rate
 from jat.uncertainty import spread as member_spread
@@ -321,15 +321,17 @@ def committee_train_step(
     model, tx, spec: LossSpec, ema_decay, state: TrainState, scale, batch, lr, weights
 ):
     """:func:`train_step` of K members at once (``state`` with a leading member axis on every
-    leaf, one vmapped step on the same batch); ``weights`` (K, B) the members' structure
+    leaf, one step of each member on the same batch, in one compiled call, by
+    :func:`jat.predictor.over_members`); ``weights`` (K, B) the members' structure
     weights (ones, or bootstrap counts). Each member has its own optimiser state, gradient
     clipping and finiteness check; the metrics are summed over members (``weight`` too, so the
     epoch's loss is the members' mean) and ``finite`` is whether every member's step was."""
 
-    def one(state, w):
+    def one(member):
+        state, w = member
         return train_step(model, tx, spec, ema_decay, state, scale, reweighted(batch, w), lr)
 
-    new, metrics = jax.vmap(one)(state, weights)
+    new, metrics = over_members(one, (state, weights))
     out = {k: jnp.sum(v) for k, v in metrics.items() if k != "finite"}
     out["finite"] = jnp.all(metrics["finite"])
     return new, out
