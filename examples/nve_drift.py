@@ -13,8 +13,9 @@ RMS of the residual about that line (meV/atom). Writes a PNG of E_tot(t) − E_t
 the fitted lines (when matplotlib is installed) and prints one JSON object on the last line.
 With ``--guard`` (a committee) the calculator's uncertainty guard flags every step whose largest
 per-atom force σ passes the threshold, and the first flag is reported next to the first time the
-total energy departs from E_tot(0) by more than ``--jump`` meV/atom: a guard worth having fires
-first.
+total energy departs from E_tot(0) by more than ``--jump`` meV/atom (a guard worth having fires
+first: ``lead_ps`` is how long before); the largest per-atom σ at every sample and the closest
+approach of two atoms are reported and plotted under the energy.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def run_ase(atoms, pot, dtype, args, velocities):
     from ase import units
     from ase.md.verlet import VelocityVerlet
 
-    from jat.uncertainty import Guard
+    from jat.uncertainty import Guard, atom_force_std
 
     atoms = atoms.copy()
     guard = Guard(args.guard, action="flag") if args.guard else None
@@ -49,11 +50,14 @@ def run_ase(atoms, pot, dtype, args, velocities):
     atoms.calc = calc
     atoms.set_velocities(velocities)
     dyn = VelocityVerlet(atoms, timestep=args.dt * units.fs)
-    times, energies = [], []
+    times, energies, sigma, closest = [], [], [], []
 
     def sample():
         times.append(dyn.nsteps * args.dt / 1000.0)  # ps
         energies.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
+        if guard is not None:
+            sigma.append(float(np.max(atom_force_std(calc.results["forces_std"]))))
+            closest.append(closest_distance(atoms))
 
     dyn.attach(sample, interval=args.sample_every)
     atoms.get_forces()  # compile outside the timing
@@ -71,7 +75,21 @@ def run_ase(atoms, pot, dtype, args, velocities):
         extra["guard"] = None if first is None else {
             "time_ps": first.step * args.dt / 1000.0, "atom": first.atom,
             "force_std": first.value, "events": len(calc.guard_events)}
+        n = len(sigma)
+        extra["force_std_max"] = {"start": sigma[0], "median": float(np.median(sigma)),
+                                  "largest": float(np.max(sigma))} if n else None
+        extra["closest_approach"] = {"A": float(np.min(closest)),
+                                     "time_ps": times[int(np.argmin(closest))]} if n else None
+        extra["trace"] = {"sigma": np.array(sigma), "closest": np.array(closest),
+                          "times": np.array(times[:n])}
     return np.array(times), np.array(energies), seconds, extra
+
+
+def closest_distance(atoms) -> float:
+    """The shortest distance between two atoms (Å), periodic images included."""
+    d = atoms.get_all_distances(mic=True)
+    np.fill_diagonal(d, np.inf)
+    return float(d.min())
 
 
 def energy_jump(times, energies, n_atoms, threshold_mev):
@@ -128,16 +146,30 @@ def fit(times, energies, n_atoms):
     return float(coef[0]), float(np.sqrt(np.mean(residual**2))), per_atom, coef
 
 
-def plot(results, path: Path, title: str) -> None:
+def plot(results, path: Path, title: str, guard: float | None = None) -> None:
     plt = pyplot()
     if plt is None:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    traced = [r for r in results.values() if r.get("trace") is not None]
+    if traced:
+        fig, (ax, ax_s) = plt.subplots(2, 1, figsize=(7, 6.4), sharex=True)
+        for dtype, r in results.items():
+            t = r.get("trace")
+            if t is not None:
+                ax_s.plot(t["times"], t["sigma"], lw=0.8, label=f"{dtype}: largest per-atom σ_F")
+        if guard:
+            ax_s.axhline(guard, color="k", ls=":", lw=0.8, label=f"guard {guard:g} eV/Å")
+        ax_s.set_ylabel("largest ‖σ_F,i‖ (eV/Å)")
+        ax_s.set_yscale("log")
+        ax_s.set_xlabel("time (ps)")
+        ax_s.legend()
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        ax.set_xlabel("time (ps)")
     for dtype, r in results.items():
         (line,) = ax.plot(r["times"], r["per_atom"], lw=0.8, label=f"{dtype}")
         ax.plot(r["times"], np.polyval(r["coef"], r["times"]), "--", color=line.get_color(),
                 label=f"{dtype} fit: {r['drift']:+.3g} meV/atom/ps")
-    ax.set_xlabel("time (ps)")
     ax.set_ylabel("E_tot(t) − E_tot(0) (meV/atom)")
     ax.set_title(title)
     ax.legend()
@@ -193,15 +225,19 @@ def main(argv: list[str] | None = None) -> None:
         times, energies, seconds, extra = runner(atoms, pot, dtype, args, velocities)
         drift, rms, per_atom, coef = fit(times, energies, len(atoms))
         ms = 1e3 * seconds / args.steps
-        results[dtype] = {"times": times, "per_atom": per_atom, "coef": coef, "drift": drift}
-        extra["energy_jump_ps"] = energy_jump(times, energies, len(atoms), args.jump)
+        trace = extra.pop("trace", None)
+        results[dtype] = {"times": times, "per_atom": per_atom, "coef": coef, "drift": drift,
+                          "trace": trace}
+        extra["energy_jump_ps"] = jump = energy_jump(times, energies, len(atoms), args.jump)
+        if extra.get("guard") and jump is not None:
+            extra["guard"]["lead_ps"] = jump - extra["guard"]["time_ps"]
         summary[dtype] = {"drift_meV_per_atom_per_ps": drift, "rms_meV_per_atom": rms,
                           "ms_per_step": ms, **extra}
         print(f"{dtype}: drift {drift:+.4g} meV/atom/ps, fluctuation {rms:.3g} meV/atom (RMS "
               f"about the fit), {ms:.1f} ms/step, {extra}")
     if args.plot:
         plot(results, Path(args.plot),
-             f"NVE drift, EAN {len(atoms)} atoms, dt {args.dt} fs ({args.engine})")
+             f"NVE drift, EAN {len(atoms)} atoms, dt {args.dt} fs ({args.engine})", args.guard)
     print(json.dumps({"engine": args.engine, "steps": args.steps, "dt_fs": args.dt,
                       "results": summary}))
 

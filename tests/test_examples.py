@@ -4,6 +4,7 @@ untrained model (each in its own process: the float64 runs switch JAX's x64 mode
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -53,12 +54,19 @@ def test_nve_drift_guard_reports_its_first_flag_and_the_energy_jump(tmp_path):
     model = com.save(tmp_path / "committee")
     res = _run(
         [str(REPO / "examples" / "nve_drift.py"), "--model", str(model), "--dtypes", "float32",
-         "--time", "0.005", "--sample-every", "5", "--guard", "1e-6", "--plot", ""],
+         "--time", "0.005", "--sample-every", "5", "--guard", "1e-6",
+         "--plot", str(tmp_path / "guard.png")],
         tmp_path,
     )["results"]["float32"]
     assert res["guard"]["time_ps"] == 0.0 and res["guard"]["events"] == 11  # every evaluation
     assert res["guard"]["force_std"] > 1e-6 and 0 <= res["guard"]["atom"] < 225
     assert "energy_jump_ps" in res
+    sigma = res["force_std_max"]  # the largest per-atom σ over the samples
+    assert sigma["start"] == pytest.approx(res["guard"]["force_std"], rel=1e-5)
+    assert 0 < sigma["start"] <= sigma["largest"] and sigma["median"] <= sigma["largest"]
+    assert 0.8 < res["closest_approach"]["A"] < 1.2  # an N–H or C–H bond of the EAN box
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "guard.png").stat().st_size > 0
 
 
 @needs_ean
