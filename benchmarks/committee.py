@@ -10,7 +10,7 @@ For each model, measured interleaved (one member, then the committee, repeated) 
   ``predict_committee``, K parameter sets on one graph in one compiled call);
 * end to end: ``Potential.compute`` (neighbour list, checks, host transfer, mean and σ);
 * training: one epoch over the 40 EAN training configurations with the compiled step of
-  ``python -m jat.train`` (one member against the vmapped K-member step).
+  ``python -m jat.train`` (one member against the K-member step).
 
 A shallow ensemble (``--kinds shallow``: one network with K readout heads) is measured the same
 way (its K per-head forces are K backward passes of one forward pass), and also energy only
@@ -95,7 +95,7 @@ def inference_calls(single: jat.Potential, committee: jat.Potential, atoms):
 
 
 def training_epochs(pot: jat.Potential, structures, batch_size: int):
-    """A function running one training epoch (seconds) of ``pot`` (a committee: vmapped)."""
+    """A function running one training epoch (seconds) of ``pot`` (a committee: all members)."""
     shift, scale = fit_energy_reference(structures, SPECIES, forces_trained=True)
     data = build_dataset(structures, SPECIES, CUTOFF, shift, choose_buckets([225], 1))
     tx = optim.optimizer("adam", 0.0, 10.0)

@@ -211,7 +211,7 @@ ENSEMBLE_KINDS = ("deep", "shallow")
 class EnsembleConfig(Section):
     """A committee trained in one run (members >= 2), saved as one potential whose predictions
     are the members' mean and whose uncertainty their σ. deep: K parameter sets with their own
-    random initialisation, trained together by one vmapped step on the same batches. shallow:
+    random initialisation, trained together by one compiled step on the same batches. shallow:
     one shared representation with K readout heads (the last readout layer has K outputs),
     trained on the heads' mean and on a scoring rule of their spread (``loss.ensemble``)."""
 
